@@ -1,0 +1,39 @@
+"""Train one registry model on train, P1 or P2; cache its checkpoint; write its metrics as JSON.
+
+    python -m experiments.train --model FC100-100-10 --split train
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from experiments import common
+from intriguing_jax import models, provenance, train, zoo
+
+
+def main(argv=None):
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, choices=models.names(), help="registry name (paper's)")
+    p.add_argument("--split", default="train", choices=("train", "p1", "p2"))
+    p.add_argument("--epochs", type=int, default=None, help="default: the model's registry default")
+    p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
+    p.add_argument("--learning-rate", type=float, default=train.TrainConfig.learning_rate)
+    args = p.parse_args(argv)
+    mnist = common.setup(args)
+    cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    epochs = args.epochs or models.spec(args.model).epochs
+    bar, on_epoch = common.epoch_bar(epochs, f"{args.model} on {args.split}")
+    model, _, meta = zoo.trained(args.model, mnist, split=args.split, seed=args.seed, cfg=cfg,
+                                 workdir=args.workdir, on_epoch=on_epoch)
+    bar.close()
+    out = pathlib.Path(args.results) / "train" / (zoo.checkpoint_path(
+        args.workdir, args.model, args.split, args.seed, cfg).stem + ".json")
+    provenance.write_json(out, meta)
+    print(f"{model.name} on {args.split}: train error {meta['train_error']:.2%}, "
+          f"test error {meta['test_error']:.2%} -> {out}")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

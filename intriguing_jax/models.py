@@ -1,0 +1,170 @@
+"""The paper's MNIST models as pure ``(init, apply)`` pairs, in a registry by the paper's names.
+
+Every model maps flat images ``[N, 784]`` in [0, 1] to logits ``[N, 10]`` and exposes its hidden layers:
+``activations(params, x)`` returns each layer's output (hidden layers, then logits) and
+``from_layer(params, h, k)`` runs the layers above layer ``k`` (``k = 0`` is the input), which unit
+analysis and per-layer adversarial training need.
+
+References: Szegedy et al. 2014, Sec. 2 and 4.2 (models), Table 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NUM_PIXELS, NUM_CLASSES = 784, 10
+
+
+class MLP(nn.Module):
+    """Dense layers with a nonlinearity after each hidden layer; no hidden layer = softmax regression."""
+
+    hidden: Sequence[int]
+    num_classes: int = NUM_CLASSES
+    activation: str = "sigmoid"
+
+    def setup(self):
+        widths = list(self.hidden) + [self.num_classes]
+        self.layers = [nn.Dense(w, name=f"dense_{i}") for i, w in enumerate(widths)]
+
+    def _act(self, z):
+        return {"sigmoid": nn.sigmoid, "relu": nn.relu}[self.activation](z)
+
+    def activations(self, x):
+        outs, h = [], x.reshape(x.shape[0], -1)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self._act(h)
+            outs.append(h)
+        return tuple(outs)
+
+    def from_layer(self, h, k: int):
+        for i in range(k, len(self.layers)):
+            h = self.layers[i](h)
+            if i < len(self.layers) - 1:
+                h = self._act(h)
+        return h
+
+    def __call__(self, x):
+        return self.activations(x)[-1]
+
+
+class ConvNet(nn.Module):
+    """A small MNIST conv net (the paper does not give its architecture): conv5x5-32, pool, conv5x5-64,
+    pool, dense-128 (the last feature layer, used for unit analysis), dense-10. ReLU throughout."""
+
+    num_classes: int = NUM_CLASSES
+
+    def setup(self):
+        self.conv_0 = nn.Conv(32, (5, 5), padding="SAME")
+        self.conv_1 = nn.Conv(64, (5, 5), padding="SAME")
+        self.dense_0 = nn.Dense(128)
+        self.dense_1 = nn.Dense(self.num_classes)
+
+    def activations(self, x):
+        h = x.reshape(x.shape[0], 28, 28, 1)
+        h = nn.max_pool(nn.relu(self.conv_0(h)), (2, 2), (2, 2))
+        h1 = nn.max_pool(nn.relu(self.conv_1(h)), (2, 2), (2, 2)).reshape(x.shape[0], -1)
+        h2 = nn.relu(self.dense_0(h1))
+        return (h1, h2, self.dense_1(h2))
+
+    def from_layer(self, h, k: int):
+        if k == 0:
+            return self(h)
+        if k == 1:
+            h = nn.relu(self.dense_0(h))
+        return self.dense_1(h)
+
+    def __call__(self, x):
+        return self.activations(x)[-1]
+
+
+class SparseAutoencoder(nn.Module):
+    """Sigmoid autoencoder whose encoder has the same parameter path (``dense_0``) as the MLP it feeds."""
+
+    hidden: int = 400
+
+    @nn.compact
+    def __call__(self, x):
+        code = nn.sigmoid(nn.Dense(self.hidden, name="dense_0")(x))
+        return code, nn.sigmoid(nn.Dense(NUM_PIXELS, name="decoder")(code))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: the module, per-layer weight decay λ_k (penalty λ_k·Σw²/units_k), frozen layers,
+    and the autoencoder to pre-train (AE400-10 only)."""
+
+    name: str
+    module: nn.Module
+    weight_decay: dict[str, float]
+    frozen: tuple[str, ...] = ()
+    autoencoder: SparseAutoencoder | None = None
+    epochs: int = 30  # our default training length (the paper gives none)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """Pure functions of a registry model. ``apply(params, x) -> logits``."""
+
+    spec: ModelSpec
+    init: Callable[[jax.Array], dict]
+    apply: Callable[[dict, jax.Array], jax.Array]
+    activations: Callable[[dict, jax.Array], tuple]
+    from_layer: Callable[[dict, jax.Array, int], jax.Array]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _fc10(label: str) -> ModelSpec:
+    return ModelSpec(f"FC10({label})", MLP(()), {"dense_0": float(label)}, epochs=30)
+
+
+def _fc(h1: int, h2: int) -> ModelSpec:
+    return ModelSpec(f"FC{h1}-{h2}-10", MLP((h1, h2)),
+                     {"dense_0": 1e-5, "dense_1": 1e-5, "dense_2": 1e-6}, epochs=60)
+
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
+    _fc10("1e-4"), _fc10("1e-2"), _fc10("1"),
+    _fc(100, 100), _fc(200, 200), _fc(123, 456),
+    ModelSpec("AE400-10", MLP((400,)), {"dense_1": 1e-6}, frozen=("dense_0",),
+              autoencoder=SparseAutoencoder(400), epochs=60),
+    ModelSpec("ConvNet", ConvNet(), {"dense_0": 1e-5, "dense_1": 1e-5}, epochs=10),
+]}
+_ALIASES = {"FC10(0.0001)": "FC10(1e-4)", "FC10(0.01)": "FC10(1e-2)", "FC10(1.0)": "FC10(1)"}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    key = _ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[key]
+
+
+def canonical_name(name: str) -> str:
+    return spec(name).name
+
+
+def build(name_or_spec: str | ModelSpec) -> Model:
+    """Registry lookup -> ``Model`` of pure functions. ``init(key)`` gives the parameter pytree."""
+    s = spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    m = s.module
+    return Model(
+        spec=s,
+        init=lambda key: m.init(key, jnp.zeros((1, NUM_PIXELS), jnp.float32)),
+        apply=m.apply,
+        activations=lambda params, x: m.apply(params, x, method=type(m).activations),
+        from_layer=lambda params, h, k: m.apply(params, h, k, method=type(m).from_layer),
+    )

@@ -1,0 +1,54 @@
+"""Trained models on disk: train once, then load the checksummed checkpoint (keyed by model, split, seed
+and training config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import pathlib
+import time
+
+import jax
+
+from intriguing_jax import checkpoint, models, provenance, train
+from intriguing_jax.data import MNIST
+
+log = logging.getLogger(__name__)
+
+
+def _key(name: str, split: str, seed: int, cfg: train.TrainConfig) -> str:
+    cfg_hash = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return f"{safe}_{split}_s{seed}_{cfg_hash}"
+
+
+def checkpoint_path(workdir, name, split, seed, cfg) -> pathlib.Path:
+    return pathlib.Path(workdir) / "checkpoints" / (_key(models.canonical_name(name), split, seed, cfg) + ".ckpt")
+
+
+def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,
+            cfg: train.TrainConfig = train.TrainConfig(), workdir="workdir", on_epoch=None):
+    """Returns ``(model, params, meta)``, training and caching the checkpoint if it is not there yet.
+
+    ``meta`` holds train/test error (and P1/P2 error), the loss history, seed and provenance.
+    """
+    model = models.build(name)
+    path = checkpoint_path(workdir, name, split, seed, cfg)
+    if path.exists():
+        try:
+            params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
+            log.info("loaded %s from %s", model.name, path)
+            return model, params, meta
+        except checkpoint.CheckpointError as e:
+            log.warning("%s; retraining", e)
+    t0 = time.time()
+    params, history = train.fit(model, mnist.split(split), jax.random.key(seed), cfg, on_epoch=on_epoch)
+    errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s))
+              for s in ("train", "test", "p1", "p2")}
+    meta = {"model": model.name, "split": split, **errors, "loss_history": history,
+            "train_config": dataclasses.asdict(cfg),
+            "provenance": provenance.record(seed, time.time() - t0, data_source=mnist.source)}
+    checkpoint.save(path, params, meta)
+    return model, params, meta

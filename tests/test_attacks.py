@@ -1,0 +1,182 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import Partial
+
+from intriguing_jax import attacks, data, models, train
+from tests.conftest import synthetic_mnist
+
+CFG = attacks.AttackConfig(c_steps=14, maxiter=200)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data._to_mnist(synthetic_mnist(), "synthetic")
+
+
+@pytest.fixture(scope="module")
+def linear(mnist):
+    model = models.build("FC10(1e-4)")
+    params, _ = train.fit(model, mnist.train, jax.random.key(1), train.TrainConfig(epochs=10, batch_size=50))
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def mlp(mnist):
+    model = models.build("FC100-100-10")
+    params, _ = train.fit(model, mnist.train, jax.random.key(2),
+                          train.TrainConfig(epochs=10, batch_size=50, learning_rate=3e-3))
+    return model, params
+
+
+def correctly_classified(model, params, split, n):
+    ok = np.flatnonzero(train.predict(model.apply, params, split.images) == split.labels)[:n]
+    x, y = split.images[ok], split.labels[ok]
+    t = (y + 1 + np.random.default_rng(0).integers(0, 9, len(y))) % 10  # random wrong targets
+    return x, y, t.astype(np.int32)
+
+
+def exact_min_l2(W, b, x, target):
+    """The exact minimum ‖r‖₂ for a linear classifier: a convex QP, solved with scipy's SLSQP."""
+    from scipy.optimize import minimize
+    x = x.astype(np.float64)
+    cons = [{"type": "ineq", "fun": lambda r, j=j: (W[:, target] - W[:, j]) @ (x + r) + b[target] - b[j],
+             "jac": lambda r, j=j: W[:, target] - W[:, j]} for j in range(W.shape[1]) if j != target]
+    sol = minimize(lambda r: r @ r, np.zeros_like(x), jac=lambda r: 2 * r, method="SLSQP",
+                   bounds=list(zip(-x, 1 - x)), constraints=cons, options={"maxiter": 500, "ftol": 1e-14})
+    assert sol.success
+    return float(np.sqrt(sol.fun))
+
+
+def test_softmax_regression_near_exact_qp_minimum(linear, mnist):
+    model, params = linear
+    x, _, t = correctly_classified(model, params, mnist.test, 6)
+    res = attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=CFG)
+    assert bool(res.success.all())
+    W = np.asarray(params["params"]["dense_0"]["kernel"], np.float64)
+    b = np.asarray(params["params"]["dense_0"]["bias"], np.float64)
+    exact = np.array([exact_min_l2(W, b, x[i], t[i]) for i in range(len(t))])
+    ratio = np.asarray(res.l2) / exact
+    assert ratio.min() >= 1 - 1e-3, ratio  # never below the true minimum (that would be a bug)
+    assert ratio.mean() <= 1.05, ratio
+
+
+def test_mlp_all_targets_reached_inside_box(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 16)
+    fn = Partial(model.apply, params)
+    res = attacks.lbfgs_attack(fn, x, t, config=CFG)
+    assert bool(res.success.all())
+    adv = np.asarray(res.adversarial)
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    # success flags are honest: re-check with the model on the returned images
+    np.testing.assert_array_equal(np.argmax(model.apply(params, adv), -1), t)
+    np.testing.assert_allclose(res.distortion, attacks.distortion(x, adv), rtol=1e-6)
+    np.testing.assert_allclose(res.l2, np.linalg.norm(adv - x, axis=1), rtol=1e-5)
+    again = attacks.lbfgs_attack(fn, x, t, config=CFG)
+    jax.tree.map(np.testing.assert_array_equal, res, again)  # deterministic
+
+
+def test_per_example_independence_and_permutation(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 6)
+    fn = Partial(model.apply, params)
+    full = attacks.lbfgs_attack(fn, x, t, config=CFG)
+    for i in (0, 3):
+        one = attacks.lbfgs_attack(fn, x[i:i + 1], t[i:i + 1], config=CFG)
+        np.testing.assert_allclose(one.l2[0], full.l2[i], rtol=1e-3)
+    perm = np.random.default_rng(0).permutation(len(t))
+    shuffled = attacks.lbfgs_attack(fn, x[perm], t[perm], config=CFG)
+    np.testing.assert_allclose(shuffled.l2, np.asarray(full.l2)[perm], rtol=1e-3)
+
+
+def test_target_equal_to_prediction_returns_x(mlp, mnist):
+    model, params = mlp
+    x, y, t = correctly_classified(model, params, mnist.test, 3)
+    t = t.copy()
+    t[1] = y[1]
+    res = attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=attacks.AttackConfig.smoke())
+    np.testing.assert_array_equal(res.adversarial[1], x[1])
+    assert float(res.l2[1]) == 0.0 and bool(res.success[1]) and np.isinf(res.c[1])
+
+
+def test_image_shapes_preserved(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 2)
+    fn = Partial(lambda p, z: model.apply(p, z.reshape(z.shape[0], -1)), params)
+    res = attacks.lbfgs_attack(fn, x.reshape(-1, 28, 28, 1), t, config=attacks.AttackConfig.smoke())
+    assert res.adversarial.shape == (2, 28, 28, 1) and res.success.shape == (2,)
+
+
+def test_jittable_public_function(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 2)
+    cfg = attacks.AttackConfig.smoke()
+    jitted = jax.jit(lambda p, x, t: attacks.lbfgs_attack(Partial(model.apply, p), x, t, config=cfg))
+    out = jitted(params, x, t)
+    ref = attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=cfg)
+    np.testing.assert_allclose(out.l2, ref.l2, rtol=1e-4)
+
+
+def test_batched_solver_no_worse_than_jaxopt(linear, mnist):
+    model, params = linear
+    x, _, t = correctly_classified(model, params, mnist.test, 4)
+    fn = Partial(model.apply, params)
+    const = jnp.full((len(t),), 0.05)
+    flat = jnp.asarray(x)
+    cfg = attacks.AttackConfig(maxiter=200)
+    objective = lambda r: attacks._objective(fn, flat, jnp.asarray(t), const, r, cfg.penalty)
+    r_ours, _ = attacks._solve_batched(fn, flat, jnp.asarray(t), const, jnp.zeros_like(flat), cfg)
+    r_ref, _ = attacks._solve_box_lbfgs(fn, flat, jnp.asarray(t), const, jnp.zeros_like(flat),
+                                        attacks.AttackConfig(maxiter=200, solver="jaxopt"))
+    r_ref = jnp.clip(flat + r_ref, 0, 1) - flat  # jaxopt may leave the box (PITFALLS)
+    assert np.all(np.asarray(objective(r_ours)) <= np.asarray(objective(r_ref)) + 1e-4)
+    assert float(jnp.min(flat + r_ours)) >= 0 and float(jnp.max(flat + r_ours)) <= 1
+
+
+def test_untargeted_closest_over_wrong_labels(mlp, mnist):
+    model, params = mlp
+    x, y, _ = correctly_classified(model, params, mnist.test, 2)
+    fn = Partial(model.apply, params)
+    cfg = attacks.AttackConfig.smoke()
+    res = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)
+    assert bool(res.success.all()) and np.all(np.asarray(res.target) != y)
+    every = attacks.lbfgs_attack(fn, np.repeat(x[:1], 9, 0), np.array([l for l in range(10) if l != y[0]],
+                                                                       np.int32), config=cfg)
+    np.testing.assert_allclose(res.l2[0], np.min(np.where(every.success, every.l2, np.inf)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("images, targets, match", [
+    (np.zeros((784,), np.float32), np.zeros((1,), np.int32), "rank"),
+    (np.zeros((2, 784), np.int32), np.zeros((2,), np.int32), "floating"),
+    (np.full((2, 784), np.nan, np.float32), np.zeros((2,), np.int32), "NaN"),
+    (np.full((2, 784), 1.5, np.float32), np.zeros((2,), np.int32), "box"),
+    (np.zeros((2, 784), np.float32), np.zeros((3,), np.int32), r"shape \[N\]"),
+    (np.zeros((2, 784), np.float32), np.array([0, 10], np.int32), r"\[0, 10\)"),
+    (np.zeros((2, 784), np.float32), np.array([0.0, 1.0]), "integer"),
+    (np.zeros((0, 784), np.float32), np.zeros((0,), np.int32), "empty"),
+])
+def test_bad_input_is_a_clear_error(images, targets, match, mlp):
+    model, params = mlp
+    with pytest.raises(ValueError, match=match):
+        attacks.lbfgs_attack(Partial(model.apply, params), images, targets)
+
+
+def test_bad_logits_fn_is_a_clear_error():
+    x, t = np.zeros((2, 784), np.float32), np.zeros((2,), np.int32)
+    with pytest.raises(ValueError, match=r"logits \[N, K\]"):
+        attacks.lbfgs_attack(lambda z: z.sum(-1), x, t)
+    with pytest.raises(ValueError, match="failed"):
+        attacks.lbfgs_attack(lambda z: z @ jnp.ones((5, 10)), x, t)
+
+
+def test_noise_controls(key):
+    x = jnp.full((4, 784), 0.5)
+    noisy = attacks.gaussian_noise(key, x, 0.1)
+    assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    np.testing.assert_allclose(attacks.distortion(x, noisy), 0.1, rtol=0.1)
+    adv = x + jnp.array([0.01, 0.02, 0.05, 0.1])[:, None] * jnp.sign(jax.random.normal(key, (4, 784)))
+    matched = attacks.matched_noise(key, x, adv)
+    np.testing.assert_allclose(attacks.distortion(x, matched), attacks.distortion(x, adv), rtol=0.1)
+    assert attacks.gaussian_noise(key, x, 3.0, clip=False).max() > 1

