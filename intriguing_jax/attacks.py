@@ -51,13 +51,13 @@ class AttackConfig:
     penalty: Literal["l2_squared", "l2"] = "l2_squared"
     c_init: float = 1.0
     c_factor: float = 10.0
-    c_steps: int = 12
+    c_steps: int = 10
     maxiter: int = 100
     tol: float = 1e-5
     ftol: float = 1e-7
     history: int = 10
     solver: Literal["batched", "jaxopt"] = "batched"
-    warm_start: bool = False
+    warm_start: bool = True
 
     def __post_init__(self):
         lo, hi = self.box
@@ -338,3 +338,56 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
     pick = jnp.argmin(score, axis=1)
     return jax.tree.map(lambda a: jnp.take_along_axis(
         a, pick.reshape((n, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0], res)
+
+
+# ---- datasets --------------------------------------------------------------------------------
+
+
+def random_wrong_targets(key: jax.Array, labels, num_classes: int = 10) -> jax.Array:
+    """A uniformly random label ≠ ``labels[i]`` per example (the paper does not say how it chose them)."""
+    labels = jnp.asarray(labels, jnp.int32)
+    shift = jax.random.randint(key, labels.shape, 1, num_classes)
+    return (labels + shift) % num_classes
+
+
+def attack_in_chunks(logits_fn: LogitsFn, images, targets, *, config: AttackConfig | None = None,
+                     chunk_size: int = 256, cache_dir=None, progress=None) -> AttackResult:
+    """``lbfgs_attack`` over a large set in fixed-size chunks (one compilation: the last chunk is padded).
+
+    With ``cache_dir`` each finished chunk is written atomically as ``chunk_<i>.npz`` and reused on the
+    next call, so an interrupted run loses at most the chunk in flight. The cache is keyed by the
+    caller (use one directory per model, data and config). Returns numpy arrays.
+    """
+    import pathlib
+    import io
+    from intriguing_jax.checkpoint import atomic_write_bytes
+
+    images, targets = np.asarray(images, np.float32), np.asarray(targets, np.int32)
+    n = len(images)
+    parts = []
+    for i, start in enumerate(range(0, n, chunk_size)):
+        path = pathlib.Path(cache_dir) / f"chunk_{i:05d}.npz" if cache_dir is not None else None
+        stop = min(start + chunk_size, n)
+        part = None
+        if path is not None and path.exists():
+            try:
+                with np.load(path) as z:
+                    part = AttackResult(**{f: z[f] for f in AttackResult._fields})
+                if len(part.success) != stop - start:
+                    part = None
+            except Exception:  # a damaged chunk is recomputed
+                part = None
+        if part is None:
+            pad = chunk_size - (stop - start) if n > chunk_size else 0
+            xb = np.concatenate([images[start:stop], np.repeat(images[stop - 1:stop], pad, 0)])
+            tb = np.concatenate([targets[start:stop], np.repeat(targets[stop - 1:stop], pad, 0)])
+            res = lbfgs_attack(logits_fn, xb, tb, config=config)
+            part = AttackResult(*(np.asarray(a)[: stop - start] for a in res))
+            if path is not None:
+                buf = io.BytesIO()
+                np.savez(buf, **part._asdict())
+                atomic_write_bytes(path, buf.getvalue())
+        parts.append(part)
+        if progress is not None:
+            progress(stop - start)
+    return AttackResult(*(np.concatenate(f) for f in zip(*parts)))

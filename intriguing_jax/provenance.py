@@ -14,6 +14,14 @@ from intriguing_jax.checkpoint import atomic_write_bytes
 _PACKAGES = ("intriguing_jax", "jax", "jaxlib", "flax", "optax", "jaxopt", "numpy")
 
 
+def config_hash(cfg) -> str:
+    """A short stable hash of a (dataclass) config, for cache keys (Python's hash() is salted)."""
+    import dataclasses
+    import hashlib
+    blob = json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for p in _PACKAGES:
@@ -32,7 +40,10 @@ def machine() -> str:
 
 def record(seed: int | None, wall_time_s: float, **extra) -> dict:
     """The provenance block stored in every result file."""
-    return {"command": " ".join([os.path.basename(sys.executable)] + sys.argv), "seed": seed,
+    argv0 = sys.argv[0]
+    if argv0.endswith(".py") and os.path.abspath(argv0).startswith(os.getcwd()):
+        argv0 = "-m " + os.path.relpath(argv0)[:-3].replace(os.sep, ".")  # run as python -m ...
+    return {"command": " ".join(["python", argv0] + sys.argv[1:]), "seed": seed,
             "wall_time_s": round(wall_time_s, 2), "versions": versions(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 

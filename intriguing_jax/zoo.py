@@ -4,8 +4,6 @@ and training config)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import pathlib
 import time
@@ -19,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _key(name: str, split: str, seed: int, cfg: train.TrainConfig) -> str:
-    cfg_hash = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    cfg_hash = provenance.config_hash(cfg)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return f"{safe}_{split}_s{seed}_{cfg_hash}"
 

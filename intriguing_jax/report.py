@@ -1,0 +1,23 @@
+"""Markdown rendering of result tables (ours beside the paper's)."""
+
+from __future__ import annotations
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def provenance_line(p: dict) -> str:
+    v = p["versions"]
+    return (f"Made by `{p['command']}` (seed {p['seed']}, {p['wall_time_s']:.0f} s wall, {p['machine']}; "
+            f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {p['date']}).")
