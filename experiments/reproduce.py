@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results: train the Table 1 models, attack them, write results/.
 
-    python -m experiments.reproduce            # full run (about 12 minutes on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 5 minutes on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
 
 Everything cached (checkpoints, attack chunks under --workdir) is reused; an interrupted run resumes.
@@ -26,7 +26,7 @@ PAPER_TABLE1 = {
     "FC100-100-10": (0.0, 0.0164, 0.058), "FC200-200-10": (0.0, 0.0154, 0.065),
     "AE400-10": (0.0057, 0.019, 0.086),
 }
-FULL_RUN_MINUTES = 12  # measured on the 2-core development machine (see results/REPORT.md)
+FULL_RUN_MINUTES = 5  # measured on the 2-core development machine (see results/REPORT.md)
 
 
 def table1(mnist, args, train_cfg, attack_cfg, num_images) -> dict:
