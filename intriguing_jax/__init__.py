@@ -1,3 +1,18 @@
 """intriguing_jax: Szegedy et al., "Intriguing properties of neural networks" (ICLR 2014) in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+from intriguing_jax.attacks import (  # noqa: E402
+    AttackConfig,
+    AttackResult,
+    distortion,
+    gaussian_noise,
+    lbfgs_attack,
+    lbfgs_attack_untargeted,
+    matched_noise,
+)
+from intriguing_jax.data import load_mnist  # noqa: E402
+from intriguing_jax.models import build  # noqa: E402
+
+__all__ = ["AttackConfig", "AttackResult", "build", "distortion", "gaussian_noise", "lbfgs_attack",
+           "lbfgs_attack_untargeted", "load_mnist", "matched_noise", "__version__"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import pathlib
 from typing import Callable, Literal, NamedTuple
 
 import jax
@@ -27,6 +29,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from intriguing_jax import lbfgsb
+from intriguing_jax.checkpoint import atomic_write_bytes
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -358,10 +361,6 @@ def attack_in_chunks(logits_fn: LogitsFn, images, targets, *, config: AttackConf
     next call, so an interrupted run loses at most the chunk in flight. The cache is keyed by the
     caller (use one directory per model, data and config). Returns numpy arrays.
     """
-    import pathlib
-    import io
-    from intriguing_jax.checkpoint import atomic_write_bytes
-
     images, targets = np.asarray(images, np.float32), np.asarray(targets, np.int32)
     n = len(images)
     parts = []

@@ -35,3 +35,9 @@ def test_sigmoid_hidden_units(key):
     model = models.build("FC100-100-10")
     acts = model.activations(model.init(key), jnp.ones((2, 784)))
     assert acts[0].shape == (2, 100) and float(acts[0].min()) > 0 and float(acts[0].max()) < 1
+
+
+def test_public_api_exports():
+    import intriguing_jax
+    for name in intriguing_jax.__all__:
+        assert hasattr(intriguing_jax, name), name
