@@ -180,3 +180,22 @@ def test_noise_controls(key):
     matched = attacks.matched_noise(key, x, adv)
     np.testing.assert_allclose(attacks.distortion(x, matched), attacks.distortion(x, adv), rtol=0.1)
     assert attacks.gaussian_noise(key, x, 3.0, clip=False).max() > 1
+
+
+def test_attack_in_chunks_matches_one_call_and_resumes(mlp, mnist, tmp_path):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 5)
+    fn = Partial(model.apply, params)
+    cfg = attacks.AttackConfig.smoke()
+    seen = []
+    res = attacks.attack_in_chunks(fn, x, t, config=cfg, chunk_size=2, cache_dir=tmp_path, progress=seen.append)
+    assert seen == [2, 2, 1] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "chunk_00000.npz", "chunk_00001.npz", "chunk_00002.npz"]
+    for i in range(len(t)):  # padding the last chunk does not change its examples
+        one = attacks.lbfgs_attack(fn, x[i:i + 1], t[i:i + 1], config=cfg)
+        np.testing.assert_allclose(res.l2[i], one.l2[0], rtol=1e-3)
+    (tmp_path / "chunk_00001.npz").write_bytes(b"damaged")  # an interrupted or corrupt chunk is redone
+    stamp = (tmp_path / "chunk_00000.npz").stat().st_mtime_ns
+    again = attacks.attack_in_chunks(fn, x, t, config=cfg, chunk_size=2, cache_dir=tmp_path)
+    assert (tmp_path / "chunk_00000.npz").stat().st_mtime_ns == stamp  # finished chunks are reused
+    jax.tree.map(np.testing.assert_array_equal, res, again)
