@@ -18,7 +18,7 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, figures, provenance, report, train, zoo
+from intriguing_jax import attacks, figures, models, provenance, report, train, zoo
 
 # Table 1 of the paper [2nd]: train error, test error, average minimum distortion.
 PAPER_TABLE1 = {
@@ -36,7 +36,7 @@ def table1(mnist, args, train_cfg, attack_cfg, num_images) -> dict:
     targets = np.asarray(attacks.random_wrong_targets(jax.random.key(args.seed), y))
     rows = {}
     for name in PAPER_TABLE1:
-        epochs = train_cfg.epochs or zoo.models.spec(name).epochs
+        epochs = train_cfg.epochs or models.spec(name).epochs
         bar, on_epoch = common.epoch_bar(epochs, f"train {name}")
         model, params, meta = zoo.trained(name, mnist, seed=args.seed, cfg=train_cfg,
                                           workdir=args.workdir, on_epoch=on_epoch)
