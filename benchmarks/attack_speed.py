@@ -47,6 +47,7 @@ def main(argv=None):
     from jax.tree_util import Partial
 
     from intriguing_jax import attacks, data, provenance, train, zoo
+    from intriguing_jax.exact import linear_min_l2
 
     mnist = data.load_mnist()
     model, params, _ = zoo.trained(args.model, mnist, workdir=args.workdir)
@@ -95,8 +96,6 @@ def main(argv=None):
         print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
     # Softmax regression: the exact minimum is a convex QP.
-    from scipy.optimize import minimize
-
     lin, lin_params, _ = zoo.trained("FC10(1e-4)", mnist, workdir=args.workdir)
     pred = train.predict(lin.apply, lin_params, mnist.test.images)
     ok = np.flatnonzero(pred == mnist.test.labels)[: args.qp_images]
@@ -105,14 +104,7 @@ def main(argv=None):
     res = attacks.lbfgs_attack(Partial(lin.apply, lin_params), x, t, config=cfg)
     W = np.asarray(lin_params["params"]["dense_0"]["kernel"], np.float64)
     bias = np.asarray(lin_params["params"]["dense_0"]["bias"], np.float64)
-    exact = []
-    for xi, ti in zip(x.astype(np.float64), t):
-        cons = [{"type": "ineq", "fun": lambda r, j=j: (W[:, ti] - W[:, j]) @ (xi + r) + bias[ti] - bias[j],
-                 "jac": lambda r, j=j: W[:, ti] - W[:, j]} for j in range(10) if j != ti]
-        sol = minimize(lambda r: r @ r, np.zeros(784), jac=lambda r: 2 * r, method="SLSQP",
-                       bounds=list(zip(-xi, 1 - xi)), constraints=cons,
-                       options={"maxiter": 500, "ftol": 1e-14})
-        exact.append(np.sqrt(sol.fun))
+    exact = [linear_min_l2(W, bias, xi, ti) for xi, ti in zip(x, t)]
     ratio = np.asarray(res.l2) / np.asarray(exact)
     print(f"\nsoftmax regression FC10(1e-4), {len(t)} test images: success {float(res.success.mean()):.0%}, "
           f"mean ‖r‖₂ / exact QP minimum = {ratio.mean():.4f} (min {ratio.min():.4f}, max {ratio.max():.4f})")

@@ -21,18 +21,6 @@ from experiments import common
 from intriguing_jax import attacks, figures, models, provenance, zoo
 
 
-def summarize(res: attacks.AttackResult) -> dict:
-    ok = res.success
-    d = res.distortion[ok]
-    c = res.c[ok & np.isfinite(res.c)]
-    hist, edges = np.histogram(np.log10(c), bins=10) if len(c) else (np.zeros(0), np.zeros(0))
-    return {"n": int(len(ok)), "success_rate": float(ok.mean()), "failures": int((~ok).sum()),
-            "mean_distortion": float(d.mean()) if len(d) else None,
-            "median_distortion": float(np.median(d)) if len(d) else None,
-            "mean_l2": float(res.l2[ok].mean()) if len(d) else None,
-            "log10_c_histogram": {"counts": hist.tolist(), "edges": edges.tolist()}}
-
-
 def main(argv=None):
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--model", default="FC100-100-10", choices=models.names())
@@ -55,7 +43,7 @@ def main(argv=None):
     out = pathlib.Path(args.results) / "attack"
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model.name)
     summary = {"model": model.name, "images": "MNIST test set, first N", "targets": "random wrong label",
-               **summarize(res), "images_per_second": len(x) / wall,
+               **attacks.summarize(res), "images_per_second": len(x) / wall,
                "attack_config": dataclasses.asdict(cfg), "provenance": provenance.record(args.seed, wall)}
     provenance.write_json(out / f"{stem}.json", summary)
     figures.adversarial_grid(out / f"{stem}.png", x, res.adversarial, y, res.prediction,

@@ -48,17 +48,17 @@ def table1(mnist, args, train_cfg, attack_cfg, num_images) -> dict:
         with tqdm(total=num_images, desc=f"attack {name}", unit="img", leave=False) as bar:
             res = attacks.attack_in_chunks(Partial(model.apply, params), x, targets, config=attack_cfg,
                                            cache_dir=cache, progress=bar.update)
-        ok = res.success
+        stats = attacks.summarize(res)
         rows[name] = {"train_error": meta["train_error"], "test_error": meta["test_error"],
-                      "attacked": num_images, "success_rate": float(ok.mean()),
-                      "mean_distortion": float(res.distortion[ok].mean()) if ok.any() else None,
-                      "median_distortion": float(np.median(res.distortion[ok])) if ok.any() else None,
+                      "attacked": num_images, "success_rate": stats["success_rate"],
+                      "mean_distortion": stats["mean_distortion"],
+                      "median_distortion": stats["median_distortion"],
                       "attack_wall_s": time.time() - t0, "train_wall_s": meta["provenance"]["wall_time_s"]}
         figures.adversarial_grid(pathlib.Path(args.results) / "figures" / f"fig5_{name}.png",
                                  x, res.adversarial, y, res.prediction,
                                  title=f"{name}: original | r ×10 | adversarial")
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
-              f"distortion {rows[name]['mean_distortion']:.4f} success {ok.mean():.1%}")
+              f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
     return rows
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import pathlib
 from typing import Callable, Literal, NamedTuple
 
@@ -29,7 +28,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from intriguing_jax import lbfgsb
-from intriguing_jax.checkpoint import atomic_write_bytes
+from intriguing_jax.checkpoint import atomic_write_npz
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -353,6 +352,19 @@ def random_wrong_targets(key: jax.Array, labels, num_classes: int = 10) -> jax.A
     return (labels + shift) % num_classes
 
 
+def summarize(res: AttackResult) -> dict:
+    """Success rate and distortion statistics over the successful examples (numpy-friendly)."""
+    ok = np.asarray(res.success)
+    d, l2, c = (np.asarray(a)[ok] for a in (res.distortion, res.l2, res.c))
+    c = c[np.isfinite(c)]
+    hist, edges = np.histogram(np.log10(c), bins=10) if len(c) else (np.zeros(0), np.zeros(0))
+    return {"n": int(len(ok)), "success_rate": float(ok.mean()), "failures": int((~ok).sum()),
+            "mean_distortion": float(d.mean()) if len(d) else None,
+            "median_distortion": float(np.median(d)) if len(d) else None,
+            "mean_l2": float(l2.mean()) if len(d) else None,
+            "log10_c_histogram": {"counts": hist.tolist(), "edges": edges.tolist()}}
+
+
 def attack_in_chunks(logits_fn: LogitsFn, images, targets, *, config: AttackConfig | None = None,
                      chunk_size: int = 256, cache_dir=None, progress=None) -> AttackResult:
     """``lbfgs_attack`` over a large set in fixed-size chunks (one compilation: the last chunk is padded).
@@ -383,9 +395,7 @@ def attack_in_chunks(logits_fn: LogitsFn, images, targets, *, config: AttackConf
             res = lbfgs_attack(logits_fn, xb, tb, config=config)
             part = AttackResult(*(np.asarray(a)[: stop - start] for a in res))
             if path is not None:
-                buf = io.BytesIO()
-                np.savez(buf, **part._asdict())
-                atomic_write_bytes(path, buf.getvalue())
+                atomic_write_npz(path, **part._asdict())
         parts.append(part)
         if progress is not None:
             progress(stop - start)

@@ -8,6 +8,7 @@ files) and the parameter tree against the model's own (mismatched checkpoints).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -38,6 +39,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` through ``atomic_write_bytes``."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save(path: str | os.PathLike, params, meta: dict | None = None) -> None:

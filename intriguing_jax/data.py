@@ -187,15 +187,8 @@ def _validate(a: dict, source: str, sizes: tuple[int, int] | None) -> None:
 
 
 def _save_npz(path: pathlib.Path, a: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: v.reshape(len(v), -1) if k.startswith("x") else v for k, v in a.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from intriguing_jax.checkpoint import atomic_write_npz
+    atomic_write_npz(path, **{k: v.reshape(len(v), -1) if k.startswith("x") else v for k, v in a.items()})
     log.info("cached MNIST at %s", path)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from intriguing_jax import attacks, data, models, train
+from intriguing_jax import attacks, data, exact, models, train
 from tests.conftest import synthetic_mnist
 
 CFG = attacks.AttackConfig(c_steps=14, maxiter=200)
@@ -37,18 +37,6 @@ def correctly_classified(model, params, split, n):
     return x, y, t.astype(np.int32)
 
 
-def exact_min_l2(W, b, x, target):
-    """The exact minimum ‖r‖₂ for a linear classifier: a convex QP, solved with scipy's SLSQP."""
-    from scipy.optimize import minimize
-    x = x.astype(np.float64)
-    cons = [{"type": "ineq", "fun": lambda r, j=j: (W[:, target] - W[:, j]) @ (x + r) + b[target] - b[j],
-             "jac": lambda r, j=j: W[:, target] - W[:, j]} for j in range(W.shape[1]) if j != target]
-    sol = minimize(lambda r: r @ r, np.zeros_like(x), jac=lambda r: 2 * r, method="SLSQP",
-                   bounds=list(zip(-x, 1 - x)), constraints=cons, options={"maxiter": 500, "ftol": 1e-14})
-    assert sol.success
-    return float(np.sqrt(sol.fun))
-
-
 def test_softmax_regression_near_exact_qp_minimum(linear, mnist):
     model, params = linear
     x, _, t = correctly_classified(model, params, mnist.test, 6)
@@ -56,8 +44,8 @@ def test_softmax_regression_near_exact_qp_minimum(linear, mnist):
     assert bool(res.success.all())
     W = np.asarray(params["params"]["dense_0"]["kernel"], np.float64)
     b = np.asarray(params["params"]["dense_0"]["bias"], np.float64)
-    exact = np.array([exact_min_l2(W, b, x[i], t[i]) for i in range(len(t))])
-    ratio = np.asarray(res.l2) / exact
+    minimum = np.array([exact.linear_min_l2(W, b, x[i], t[i]) for i in range(len(t))])
+    ratio = np.asarray(res.l2) / minimum
     assert ratio.min() >= 1 - 1e-3, ratio  # never below the true minimum (that would be a bug)
     assert ratio.mean() <= 1.05, ratio
 
