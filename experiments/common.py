@@ -1,13 +1,19 @@
-"""Shared CLI plumbing for the experiment scripts: logging, data, progress bars."""
+"""Shared CLI plumbing for the experiment scripts: logging, data, progress bars, and the cached steps
+(trained models, attacks) that the pipelines compose."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import pathlib
 
+import jax
+import numpy as np
+from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
-from intriguing_jax import data
+from intriguing_jax import attacks, data, models, provenance, train, zoo
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -37,3 +43,62 @@ def epoch_bar(total: int, desc: str):
         bar.set_postfix(loss=f"{loss:.4f}")
 
     return bar, on_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every pipeline of one run shares: where things go, the seed, the configs and the sizes."""
+
+    workdir: str = "workdir"
+    results: str = "results"
+    seed: int = 0
+    train_cfg: train.TrainConfig = train.TrainConfig()
+    attack_cfg: attacks.AttackConfig = attacks.AttackConfig()
+    num_images: int = 1000
+    chunk_size: int = 256
+
+    @property
+    def out(self) -> pathlib.Path:
+        return pathlib.Path(self.results)
+
+    def key(self, *path: int) -> jax.Array:
+        k = jax.random.key(self.seed)
+        for p in path:
+            k = jax.random.fold_in(k, p)
+        return k
+
+
+def trained(ctx: Context, mnist: data.MNIST, name: str, split: str = "train"):
+    """``zoo.trained`` with a progress bar: ``(model, params, meta)``, cached under ``ctx.workdir``."""
+    epochs = ctx.train_cfg.epochs or models.spec(name).epochs
+    bar, on_epoch = epoch_bar(epochs, f"train {name} on {split}")
+    try:
+        return zoo.trained(name, mnist, split=split, seed=ctx.seed, cfg=ctx.train_cfg,
+                           workdir=ctx.workdir, on_epoch=on_epoch)
+    finally:
+        bar.close()
+
+
+def classifier(model: models.Model, params):
+    """images -> predicted labels (numpy), for error-rate tables."""
+    return lambda images: train.predict(model.apply, params, images)
+
+
+def attack(ctx: Context, name: str, split: str, model: models.Model, params, images, targets,
+           tag: str) -> attacks.AttackResult:
+    """The L-BFGS attack over ``images`` in resumable chunks, cached per (model checkpoint, ``tag``,
+    number of images, attack config); ``tag`` names the image set, e.g. ``"train"`` or ``"test"``."""
+    stem = zoo.checkpoint_path(ctx.workdir, name, split, ctx.seed, ctx.train_cfg).stem
+    cache = (pathlib.Path(ctx.workdir) / "attacks"
+             / f"{stem}_{tag}{len(images)}_{provenance.config_hash(ctx.attack_cfg)}")
+    with tqdm(total=len(images), desc=f"attack {name} ({tag})", unit="img", leave=False) as bar:
+        return attacks.attack_in_chunks(Partial(model.apply, params), images, targets,
+                                        config=ctx.attack_cfg, chunk_size=ctx.chunk_size,
+                                        cache_dir=cache, progress=bar.update)
+
+
+def first_images(ctx: Context, split: data.Split, salt: int = 0):
+    """The first ``ctx.num_images`` images of ``split``, their labels and seeded random wrong targets."""
+    x, y = split.images[: ctx.num_images], split.labels[: ctx.num_images]
+    key = ctx.key() if salt == 0 else ctx.key(salt)
+    return x, y, np.asarray(attacks.random_wrong_targets(key, y))

@@ -29,3 +29,21 @@ def adversarial_grid(path, images, adversarial, labels, predictions, *, magnify:
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def image_rows(path, rows, *, per_row: int = 8, title: str = "") -> None:
+    """One captioned row of ``per_row`` images per ``(images, caption)`` in ``rows`` (Fig. 7-like)."""
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.1 * per_row, 1.35 * len(rows) + 0.3),
+                             squeeze=False)
+    for ax_row, (images, caption) in zip(axes, rows):
+        for j, ax in enumerate(ax_row):
+            if j < len(images):
+                ax.imshow(np.asarray(images[j]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+        ax_row[0].set_title(caption, fontsize=7, loc="left", pad=3)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
