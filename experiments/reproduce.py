@@ -1,4 +1,4 @@
-"""Reproduce the paper's MNIST results: Tables 1–4 and Figs. 5 and 7, into results/REPORT.md.
+"""Reproduce the paper's MNIST results (Tables 1–4, Figs. 1, 2, 5, 7, unit analysis) into results/REPORT.md.
 
     python -m experiments.reproduce            # full run (about 9 minutes on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from experiments import common, cross_model, cross_training, table1
+from experiments import common, cross_model, cross_training, table1, units
 from intriguing_jax import attacks, provenance, train
 
 # name -> (module with run/render, JSON file it writes); run in this order.
@@ -22,6 +22,7 @@ PIPELINES = {
     "table1": (table1, "table1.json"),
     "table2": (cross_model, "table2.json"),
     "table3": (cross_training, "table3_4.json"),
+    "units": (units, "units.json"),
 }
 FULL_RUN_MINUTES = 9  # measured on the 2-core development machine from an empty workdir
 

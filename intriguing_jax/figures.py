@@ -33,17 +33,19 @@ def adversarial_grid(path, images, adversarial, labels, predictions, *, magnify:
 
 def image_rows(path, rows, *, per_row: int = 8, title: str = "") -> None:
     """One captioned row of ``per_row`` images per ``(images, caption)`` in ``rows`` (Fig. 7-like)."""
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.1 * per_row, 1.35 * len(rows) + 0.3),
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.0 * per_row, 1.3 * len(rows) + 0.2),
                              squeeze=False)
     for ax_row, (images, caption) in zip(axes, rows):
         for j, ax in enumerate(ax_row):
             if j < len(images):
                 ax.imshow(np.asarray(images[j]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
             ax.axis("off")
-        ax_row[0].set_title(caption, fontsize=7, loc="left", pad=3)
+        ax_row[0].text(0, 1.06, caption, transform=ax_row[0].transAxes, ha="left", va="bottom", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - (0.6 if title else 0.25) / height,
+                        wspace=0.06, hspace=0.35)
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -55,14 +55,15 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A small MNIST conv net (the paper does not give its architecture): conv5x5-32, pool, conv5x5-64,
-    pool, dense-128 (the last feature layer, used for unit analysis), dense-10. ReLU throughout."""
+    """A small MNIST conv net (the paper does not give its architecture): conv5x5-16, pool, conv5x5-32,
+    pool, dense-128 (the last feature layer, used for unit analysis), dense-10. ReLU throughout.
+    Sized for CPU: one epoch over 60k images takes ~30 s on 2 cores (conv 32/64 took ~70 s)."""
 
     num_classes: int = NUM_CLASSES
 
     def setup(self):
-        self.conv_0 = nn.Conv(32, (5, 5), padding="SAME")
-        self.conv_1 = nn.Conv(64, (5, 5), padding="SAME")
+        self.conv_0 = nn.Conv(16, (5, 5), padding="SAME")
+        self.conv_1 = nn.Conv(32, (5, 5), padding="SAME")
         self.dense_0 = nn.Dense(128)
         self.dense_1 = nn.Dense(self.num_classes)
 
@@ -137,7 +138,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _fc(100, 100), _fc(200, 200), _fc(123, 456),
     ModelSpec("AE400-10", MLP((400,)), {"dense_1": 1e-6}, frozen=("dense_0",),
               autoencoder=SparseAutoencoder(400), epochs=60),
-    ModelSpec("ConvNet", ConvNet(), {"dense_0": 1e-5, "dense_1": 1e-5}, epochs=10),
+    ModelSpec("ConvNet", ConvNet(), {"dense_0": 1e-5, "dense_1": 1e-5}, epochs=4),
 ]}
 _ALIASES = {"FC10(0.0001)": "FC10(1e-4)", "FC10(0.01)": "FC10(1e-2)", "FC10(1.0)": "FC10(1)"}
 

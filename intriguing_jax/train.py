@@ -9,6 +9,7 @@ epoch count in each ``ModelSpec``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -58,31 +59,34 @@ def _frozen_optimizer(tx: optax.GradientTransformation, params, frozen: tuple[st
 
 def _run_epochs(loss_fn: Callable, params, tx, data: tuple, key, epochs: int, batch_size: int,
                 on_epoch: Callable | None = None):
-    """Runs ``epochs`` epochs of minibatch training; each epoch is one jitted ``lax.scan``."""
+    """Runs ``epochs`` epochs of minibatch training: one jitted (buffer-donating) step per minibatch.
+
+    Not one ``lax.scan`` per epoch: XLA:CPU runs convolutions inside a loop body ~13x slower than the
+    same step jitted on its own (measured here: ConvNet 1.9 s vs 0.15 s per step of 128).
+    """
     n = len(data[0])
     steps = n // batch_size
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the number of training examples {n}")
     data = tuple(jnp.asarray(d) for d in data)
 
-    @jax.jit
-    def epoch(params, opt_state, key):
-        perm = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, idx):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *(d[idx] for d in data))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
 
-        def step(carry, idx):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, *(d[idx] for d in data))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), perm)
-        return params, opt_state, losses.mean()
-
+    order = jax.jit(lambda k: jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size))
+    params = jax.tree.map(jnp.array, params)  # our own copy: the step donates its buffers
     opt_state = tx.init(params)
     history = []
     for e in range(epochs):
-        params, opt_state, loss = epoch(params, opt_state, jax.random.fold_in(key, e))
-        history.append(float(loss))
+        perm = order(jax.random.fold_in(key, e))
+        losses = []
+        for i in range(steps):
+            params, opt_state, loss = step(params, opt_state, perm[i])
+            losses.append(loss)
+        history.append(float(jnp.mean(jnp.stack(losses))))
         if on_epoch is not None:
             on_epoch(e, history[-1])
     return params, history

@@ -15,7 +15,7 @@ MODELS = ("FC10(1e-4)", "FC100-100-10")
 CROSS = (("FC10(1e-4)", "FC10(1e-4)", "p1"), ("FC100-100-10", "FC100-100-10", "p1"),
          ("FC10(1e-4)'", "FC10(1e-4)", "p2"))
 OVERRIDES = {"table1": {"model_names": MODELS}, "table2": {"model_names": MODELS},
-             "table3": {"models": CROSS}}
+             "table3": {"models": CROSS}, "units": {"layers": (("FC100-100-10", 1, "second hidden layer"),)}}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,12 @@ def test_report_has_every_table_and_verdicts(run):
     for title in ("Table 1", "Table 2", "Table 3", "Table 4"):
         assert f"## {title}" in report
     verdicts = re.findall(r"\*\*[^*]+: (holds|does not hold)", report)
-    assert len(verdicts) == 6 and report.count("Made by") == 3  # 1 + 3 + 2 verdicts, one line per section
+    # verdicts: Table 1: 1, Table 2: 3, Tables 3-4: 2, units: 1 (or "no verdict" if the floors fail)
+    assert len(verdicts) + report.count("so no verdict") == 7 and report.count("Made by") == 4
+    assert "## Unit analysis" in report
     assert (ctx.out / "REPORT.md").read_text() == report
-    for fig in ("fig5_FC10(1e-4).png", "fig7_adversarial_vs_noise.png"):
+    for fig in ("fig5_FC10(1e-4).png", "fig7_adversarial_vs_noise.png", "fig1_units_FC100-100-10.png",
+                "fig2_random_FC100-100-10.png"):
         assert (ctx.out / "figures" / fig).stat().st_size > 1000
 
 
