@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from experiments import common, cross_model, cross_training, table1, units
+from experiments import common, cross_model, cross_training, spectral, table1, units
 from intriguing_jax import attacks, provenance, train
 
 # name -> (module with run/render, JSON file it writes); run in this order.
@@ -23,6 +23,7 @@ PIPELINES = {
     "table2": (cross_model, "table2.json"),
     "table3": (cross_training, "table3_4.json"),
     "units": (units, "units.json"),
+    "spectral": (spectral, "spectral.json"),
 }
 FULL_RUN_MINUTES = 9  # measured on the 2-core development machine from an empty workdir
 
@@ -70,6 +71,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 1 training epoch, 16 images per attack")
     p.add_argument("--num-images", type=int, default=None, help="images attacked per model (default 1000)")
     p.add_argument("--only", nargs="+", choices=list(PIPELINES), help="run only these pipelines")
+    p.add_argument("--alexnet-weights", default=None,
+                   help="AlexNet weights (.npz, keys conv1/kernel ... fc3/bias) for the spectral table; "
+                        "default: random initialisation")
     args = p.parse_args(argv)
     if args.quick and args.results == "results":
         args.results = "results_quick"
@@ -78,7 +82,7 @@ def main(argv=None):
     mnist = common.setup(args)
     ctx = context(args)
     t0 = time.time()
-    run_all(ctx, mnist, only=args.only)
+    run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
 
 

@@ -49,3 +49,24 @@ def image_rows(path, rows, *, per_row: int = 8, title: str = "") -> None:
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def histograms(path, samples: dict, *, xlabel: str, log: bool = False, bins: int = 40) -> None:
+    """Overlaid step histograms, one per named sample (log-spaced bins if ``log``)."""
+    values = [np.asarray(v, np.float64) for v in samples.values() if len(v)]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if values:
+        lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+        edges = np.geomspace(lo, hi * 1.0001, bins) if log and lo > 0 else np.linspace(lo, hi * 1.0001, bins)
+        for name, v in samples.items():
+            if len(v):
+                ax.hist(np.asarray(v), bins=edges, histtype="step", label=name)
+        if log and lo > 0:
+            ax.set_xscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

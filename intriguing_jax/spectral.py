@@ -1,0 +1,164 @@
+"""Spectral analysis (Sec. 4.3): per-layer upper Lipschitz bounds, exact operator norms, certified radii.
+
+Each layer φ_k has ‖φ_k(x) − φ_k(x + r)‖ ≤ L_k ‖r‖; the network is bounded by Π L_k.
+- Dense: L = ‖W‖₂ (largest singular value).
+- Convolution (C → D maps, stride Δ): in Fourier space the operator is block diagonal. For each output
+  frequency ξ the D × (C·Δ²) matrix B(ξ) stacks the kernels' DFT at ξ's Δ² aliases, and
+  ‖conv‖ = max_ξ σ_max(B(ξ)) / Δ — exact for circular padding on a grid divisible by Δ. Zero ("SAME" or
+  "VALID") padding is a restriction of a circular convolution on a grid at least kernel − 1 larger, so
+  the same formula on that grid is an upper bound.
+- Max-pooling: 1 for non-overlapping windows (the paper's value); with overlapping windows an input
+  can feed up to m windows and the honest bound is √m (``maxpool_bound``). ReLU: 1. Sigmoid: 1/4.
+  Contrast normalisation x / (ε + ‖x‖²)^γ: ε^(−γ) (the paper's bound).
+The exact norm of any linear layer comes from power iteration on the map and its transpose
+(``jax.linear_transpose``), used to check the Fourier bound.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def dense_bound(kernel) -> float:
+    """Largest singular value of a dense kernel ``[in, out]`` (exact: the largest eigenvalue of the
+    smaller Gram matrix, which is much cheaper than an SVD for AlexNet's 9216×4096 layer)."""
+    w = np.asarray(kernel, np.float64)
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    return float(np.sqrt(max(np.linalg.eigvalsh(gram)[-1], 0.0)))
+
+
+def _fft_grid(size: int, kernel: int, stride: int, padding: str) -> int:
+    if padding == "CIRCULAR":
+        if size % stride:
+            raise ValueError(f"circular stride-{stride} bound needs an input size divisible by it, got {size}")
+        return size
+    n = size + kernel - 1  # big enough that no wrap-around reaches the kept outputs
+    return -(-n // stride) * stride
+
+
+def conv_bound(kernel, input_hw: tuple[int, int], stride: int = 1, padding: str = "CIRCULAR") -> float:
+    """Upper bound on the operator norm of a 2-D convolution with ``kernel [kh, kw, C, D]`` (Flax HWIO)
+    on ``input_hw`` inputs, by the paper's Fourier formula (exact for ``padding="CIRCULAR"``)."""
+    k = np.asarray(kernel, np.float64)
+    kh, kw, c, d = k.shape
+    h = _fft_grid(input_hw[0], kh, stride, padding)
+    w = _fft_grid(input_hw[1], kw, stride, padding)
+    if kh > h or kw > w:
+        raise ValueError(f"kernel {kh}x{kw} larger than the grid {h}x{w}")
+    spec = np.fft.fft2(k, s=(h, w), axes=(0, 1)).astype(np.complex64)  # [h, w, C, D]
+    hs, ws = h // stride, w // stride
+    # alias blocks: frequency (i + a·hs, j + b·ws) for a, b < stride folds onto output frequency (i, j)
+    blocks = spec.reshape(stride, hs, stride, ws, c, d).transpose(1, 3, 5, 0, 2, 4).reshape(hs, ws, d, -1)
+    sigma = np.linalg.svd(blocks, compute_uv=False)[..., 0]
+    return float(sigma.max() / stride)
+
+
+def conv_apply(kernel, x, stride: int = 1, padding: str = "CIRCULAR"):
+    """The linear part of a Flax-style convolution (cross-correlation), NHWC input, HWIO kernel;
+    ``padding`` is ``"CIRCULAR"``, ``"SAME"`` or ``"VALID"``."""
+    kernel = jnp.asarray(kernel)
+    kh, kw = kernel.shape[:2]
+    if padding == "CIRCULAR":
+        # wrap so that output (i, j) sees inputs (i + u − kh//2, j + v − kw//2) modulo the size
+        x = jnp.pad(x, ((0, 0), (kh // 2, kh - 1 - kh // 2), (kw // 2, kw - 1 - kw // 2), (0, 0)), mode="wrap")
+        padding = "VALID"
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def operator_norm(linear_fn: Callable, input_shape, key: jax.Array, iters: int = 500) -> float:
+    """‖A‖₂ of a linear map by power iteration on AᵀA (the transpose from ``jax.linear_transpose``)."""
+    x0 = jax.random.normal(key, input_shape, jnp.float32)
+    transpose = jax.linear_transpose(linear_fn, x0)
+
+    def body(_, v):
+        w = transpose(linear_fn(v))[0]
+        return w / jnp.linalg.norm(w)
+
+    v = jax.jit(lambda v: jax.lax.fori_loop(0, iters, body, v))(x0 / jnp.linalg.norm(x0))
+    return float(jnp.linalg.norm(linear_fn(v)))
+
+
+def contrast_norm_bound(eps: float, gamma: float) -> float:
+    """The paper's bound ε^(−γ) for x / (ε + ‖x‖²)^γ, γ ∈ [0.5, 1]."""
+    if not (eps > 0 and 0.5 <= gamma <= 1):
+        raise ValueError("need eps > 0 and gamma in [0.5, 1]")
+    return float(eps ** -gamma)
+
+
+def maxpool_bound(window: int, stride: int) -> float:
+    """√(max number of windows one input belongs to): 1 when windows do not overlap."""
+    return float(np.ceil(window / stride))
+
+
+ACTIVATION_BOUND = {"relu": 1.0, "sigmoid": 0.25, "identity": 1.0, "maxpool": 1.0}
+
+
+def certified_radius(logits, tail_lipschitz, last_kernel, targets=None):
+    """Certified L2 radii from logit margins.
+
+    For predicted class p and another class j, z_p − z_j = (w_p − w_j)ᵀ h(x) + const is Lipschitz in x
+    with constant ‖w_p − w_j‖₂ · L_tail (L_tail: product bound of every layer before the last), so no
+    x + r with ‖r‖₂ < (z_p − z_j) / (‖w_p − w_j‖ L_tail) is classified j. Returns ``(untargeted,
+    targeted)``: the minimum over j ≠ p, and the radius for ``targets`` (None if not given).
+    For a linear model (L_tail = 1) the targeted radius is the exact unconstrained minimum.
+    """
+    z = np.asarray(logits, np.float64)
+    w = np.asarray(last_kernel, np.float64)  # [hidden, K]
+    p = z.argmax(1)
+    diff = w[:, :, None] - w[:, None, :]  # [hidden, K, K]: column p minus column j
+    lip = np.linalg.norm(diff, axis=0) * tail_lipschitz  # [K, K]
+    margin = z[np.arange(len(z)), p][:, None] - z  # [N, K]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.where(np.arange(z.shape[1])[None] == p[:, None], np.inf, margin / lip[p])
+    targeted = None if targets is None else radius[np.arange(len(z)), np.asarray(targets)]
+    return radius.min(1), targeted
+
+
+def model_layers(model, params, *, iters: int = 300, key=None) -> list[dict]:
+    """Per-layer bounds of an MNIST registry model (``MLP`` or ``ConvNet``), in order, each a dict with
+    ``layer``, ``kind``, ``shape``, ``bound`` and ``exact`` (power iteration for convolutions; dense
+    layers' bound is exact). Activations and pooling appear as their own rows."""
+    from intriguing_jax.models import MLP, ConvNet
+    key = jax.random.key(0) if key is None else key
+    p = params["params"]
+    module = model.spec.module
+    rows = []
+
+    def dense(name):
+        b = dense_bound(p[name]["kernel"])
+        rows.append({"layer": name, "kind": "dense", "shape": list(p[name]["kernel"].shape), "bound": b, "exact": b})
+
+    def act(kind, bound):
+        rows.append({"layer": kind, "kind": kind, "shape": None, "bound": bound, "exact": None})
+
+    if isinstance(module, MLP):
+        n = len(module.hidden)
+        for i in range(n):
+            dense(f"dense_{i}")
+            act(module.activation, ACTIVATION_BOUND[module.activation])
+        dense(f"dense_{n}")
+    elif isinstance(module, ConvNet):
+        for name, size in (("conv_0", 28), ("conv_1", 14)):
+            k = p[name]["kernel"]
+            exact = operator_norm(lambda x, k=k: conv_apply(k, x, 1, "SAME"), (1, size, size, k.shape[2]),
+                                  key, iters)
+            rows.append({"layer": name, "kind": "conv (SAME, stride 1)", "shape": list(k.shape),
+                         "bound": conv_bound(k, (size, size), 1, "SAME"), "exact": exact})
+            act("relu", 1.0)
+            act("maxpool", maxpool_bound(2, 2))
+        dense("dense_0")
+        act("relu", 1.0)
+        dense("dense_1")
+    else:
+        raise TypeError(f"no layer bounds for {type(module).__name__}")
+    return rows
+
+
+def tail_bound(rows: list[dict]) -> float:
+    """Product bound of every row before the last (dense) layer."""
+    return float(np.prod([r["bound"] for r in rows[:-1]]))
