@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from experiments import common, cross_model, cross_training, spectral, table1, units
+from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
 from intriguing_jax import attacks, provenance, train
 
 # name -> (module with run/render, JSON file it writes); run in this order.
@@ -24,6 +24,7 @@ PIPELINES = {
     "table3": (cross_training, "table3_4.json"),
     "units": (units, "units.json"),
     "spectral": (spectral, "spectral.json"),
+    "advtrain": (adversarial_training, "adversarial_training.json"),
 }
 FULL_RUN_MINUTES = 9  # measured on the 2-core development machine from an empty workdir
 
@@ -60,7 +61,11 @@ def write_report(ctx: common.Context) -> str:
     for name, (module, filename) in PIPELINES.items():
         path = ctx.out / filename
         if path.exists():
-            sections.append(module.render(json.loads(path.read_text())))
+            try:
+                sections.append(module.render(json.loads(path.read_text())))
+            except (KeyError, TypeError, ValueError) as e:  # written by an older version of the pipeline
+                sections.append(f"## {name}\n\n`{path}` does not match this version ({e!r}); rerun "
+                                f"`python -m experiments.reproduce --only {name}`.\n")
     text = HEADER + "\n" + "\n".join(sections)
     provenance.write_text(ctx.out / "REPORT.md", text)
     return text

@@ -70,3 +70,22 @@ def histograms(path, samples: dict, *, xlabel: str, log: bool = False, bins: int
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def curves(path, histories: dict, *, keys: tuple[str, ...], xlabel: str = "epoch") -> None:
+    """One panel per key; one line per named history (a list of dicts with ``epoch`` and the keys)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, hist in histories.items():
+            pts = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 20 else None, label=name, linewidth=1)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(key.replace("_", " "), fontsize=8)
+        if key.endswith("error"):
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,78 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from intriguing_jax import adversarial_training as at
+from intriguing_jax import attacks, models, train
+
+TINY = models.build(models.ModelSpec("tiny", models.MLP((8, 6)), {}, epochs=2))
+FAST = attacks.AttackConfig(c_steps=2, maxiter=10)
+CFG = train.TrainConfig(epochs=2, batch_size=50)
+
+
+def _adv(layers, **kw):
+    return at.AdvTrainConfig(layers=layers, pool_size=40, refresh_every=5, refresh_count=10, pool_batch=8,
+                             attack=FAST, **kw)
+
+
+def test_replace_overwrites_exactly_the_fresh_count(key):
+    pool = at.Pool(jnp.zeros((10, 3)), jnp.zeros(10, jnp.int32))
+    fresh = at.Pool(jnp.ones((4, 3)), jnp.full(4, 7, jnp.int32))
+    out = at.replace(pool, fresh, key)
+    assert int((np.asarray(out.labels) == 7).sum()) == 4
+    assert np.array_equal(np.asarray(out.points).sum(1) == 3, np.asarray(out.labels) == 7)
+
+
+@pytest.mark.parametrize("layer,width", [(0, 784), (1, 8), (2, 6)])
+def test_generate_makes_adversarial_points_in_each_layers_space(tiny_mnist, key, layer, width):
+    params = TINY.init(key)
+    x, y = tiny_mnist.train.images[:12], tiny_mnist.train.labels[:12]
+    pool = at.generate(TINY, params, layer, x, y, key, attacks.AttackConfig(c_steps=4, maxiter=30))
+    pts = np.asarray(pool.points)
+    assert pts.shape == (12, width) and pts.min() >= 0 and pts.max() <= 1
+    np.testing.assert_array_equal(np.asarray(pool.labels), y)
+    clean = np.asarray(at.layer_inputs(TINY, params, x, layer))
+    assert np.abs(pts - clean).max() > 0  # perturbed, in the layer's own space
+    pred = np.asarray(TINY.from_layer(params, pool.points, layer)).argmax(1)
+    assert np.mean(pred != y) >= 0.5  # most now classified wrongly by the layers above
+
+
+def test_a_hidden_pool_trains_only_the_layers_above(tiny_mnist, key):
+    params, hist = at.fit(TINY, tiny_mnist.train, key, CFG, _adv((2,), mix=1.0))
+    init = TINY.init(jax.random.split(key, 3)[0])
+    for name in ("dense_0", "dense_1"):  # below the pool's layer: untouched when only the pool is trained
+        np.testing.assert_array_equal(np.asarray(params["params"][name]["kernel"]),
+                                      np.asarray(init["params"][name]["kernel"]))
+    assert not np.array_equal(np.asarray(params["params"]["dense_2"]["kernel"]),
+                              np.asarray(init["params"]["dense_2"]["kernel"]))
+    assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
+
+
+def test_mixing_changes_training_and_interrupted_runs_resume_identically(tiny_mnist, key, tmp_path):
+    plain, _ = at.fit(TINY, tiny_mnist.train, key, CFG, at.AdvTrainConfig(layers=()))
+    mixed, _ = at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)))
+    assert not np.allclose(np.asarray(plain["params"]["dense_0"]["kernel"]),
+                           np.asarray(mixed["params"]["dense_0"]["kernel"]))
+
+    def stop_after_first(epoch, params):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    ckpt = tmp_path / "adv.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt, on_epoch=stop_after_first)
+    resumed, hist = at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt)
+    assert [h["epoch"] for h in hist] == [1, 2]
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(mixed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_config_and_model_checks(tiny_mnist, key):
+    with pytest.raises(ValueError, match="distinct"):
+        at.AdvTrainConfig(layers=(0, 0))
+    with pytest.raises(ValueError, match="mix"):
+        at.AdvTrainConfig(mix=1.5)
+    with pytest.raises(ValueError, match="hidden layers"):
+        at.fit(TINY, tiny_mnist.train, key, CFG, _adv((3,)))
+    with pytest.raises(TypeError, match="MLP"):
+        at.fit(models.build("ConvNet"), tiny_mnist.train, key, CFG, _adv((0,)))
