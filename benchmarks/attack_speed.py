@@ -25,6 +25,75 @@ def _pin(threads: int) -> None:
                                    "intra_op_parallelism_threads=1").strip()
 
 
+def _import_advertorch():
+    """advertorch 0.2.3 on current torch (PITFALLS): restore ``zero_gradients`` and register stub
+    ``torchvision``/``PIL`` modules before importing; site-packages are never edited. None if absent."""
+    import types
+    try:
+        import torch
+        import torch.autograd.gradcheck as gradcheck
+    except ImportError:
+        return None
+    if not hasattr(gradcheck, "zero_gradients"):
+        def zero_gradients(x):
+            if isinstance(x, torch.Tensor):
+                if x.grad is not None:
+                    x.grad.detach_()
+                    x.grad.zero_()
+            else:
+                for e in x:
+                    zero_gradients(e)
+        gradcheck.zero_gradients = zero_gradients
+    for name in ("torchvision", "torchvision.transforms", "PIL", "PIL.Image"):
+        if name not in sys.modules:
+            try:
+                __import__(name)
+            except Exception:  # noqa: BLE001 - missing or broken: a stub is enough for the attack
+                sys.modules[name] = types.ModuleType(name)
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.modules["PIL"].Image = sys.modules["PIL.Image"]
+    try:
+        from advertorch.attacks import LBFGSAttack
+    except ImportError:
+        return None
+    return torch, LBFGSAttack
+
+
+def _torch_mlp(torch, params, activation="sigmoid"):
+    """The same MLP in torch, from our Flax params (kernels transposed)."""
+    import numpy as np
+    layers = []
+    dense = sorted(params["params"], key=lambda k: int(k.split("_")[1]))
+    for i, name in enumerate(dense):
+        w = np.asarray(params["params"][name]["kernel"])
+        lin = torch.nn.Linear(*w.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w.T.copy()))
+            lin.bias.copy_(torch.from_numpy(np.asarray(params["params"][name]["bias"]).copy()))
+        layers.append(lin)
+        if i < len(dense) - 1:
+            layers.append(torch.nn.Sigmoid() if activation == "sigmoid" else torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def _advertorch(adv, params, x, t, activation="sigmoid"):
+    """(seconds, success rate, per-image l2) of advertorch's targeted LBFGSAttack, whole batch at once."""
+    import time
+
+    import numpy as np
+    torch, LBFGSAttack = adv
+    net = _torch_mlp(torch, params, activation)
+    attack = LBFGSAttack(net, num_classes=10, batch_size=len(x), targeted=True)
+    xt, tt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(t, np.int64))
+    t0 = time.perf_counter()
+    out = attack.perturb(xt, tt)
+    wall = time.perf_counter() - t0
+    with torch.no_grad():
+        success = (net(out).argmax(1) == tt).numpy()
+    l2 = torch.linalg.vector_norm((out - xt).reshape(len(x), -1), dim=1).numpy()
+    return wall, success, l2
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="FC100-100-10")
@@ -35,8 +104,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--qp-images", type=int, default=20)
     p.add_argument("--workdir", default="workdir")
+    p.add_argument("--advertorch-batch", type=int, default=256,
+                   help="batch for the advertorch comparison (when torch and advertorch are installed)")
     args = p.parse_args(argv)
     _pin(args.threads)
+    adv = _import_advertorch()
+    if adv is not None:
+        adv[0].set_num_threads(args.threads)
 
     import statistics
     import time
@@ -95,6 +169,19 @@ def main(argv=None):
         row.append(f"{t_ours / (evals * t_vg):.2f}")
         print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
+    if adv is not None:  # the same weights, images and targets through advertorch's LBFGSAttack
+        b = args.advertorch_batch
+        x, t = x_all[:b], t_all[:b]
+        t_adv, ok_adv, l2_adv = _advertorch(adv, params, x, t)
+        t_ours, res = timed(lambda: attacks.lbfgs_attack(fn, x, t, config=cfg), args.repeats)
+        print(f"\nadvertorch {__import__('advertorch').__version__} LBFGSAttack (targeted, 9 c-steps × 100 "
+              f"iterations, whole batch as one scipy problem), {model.name}, batch {b}: "
+              f"{b / t_adv:.1f} img/s, success {ok_adv.mean():.0%}, mean ‖r‖₂ {l2_adv[ok_adv].mean():.3f} | ours: "
+              f"{b / t_ours:.1f} img/s, success {float(res.success.mean()):.0%}, mean ‖r‖₂ "
+              f"{float(res.l2[res.success].mean()):.3f} | speed ratio {t_adv / t_ours:.1f}×")
+    else:
+        print("\n(advertorch comparison skipped: pip install torch==2.13.0 advertorch==0.2.3)")
+
     # Softmax regression: the exact minimum is a convex QP.
     lin, lin_params, _ = zoo.trained("FC10(1e-4)", mnist, workdir=args.workdir)
     pred = train.predict(lin.apply, lin_params, mnist.test.images)
@@ -108,6 +195,11 @@ def main(argv=None):
     ratio = np.asarray(res.l2) / np.asarray(exact)
     print(f"\nsoftmax regression FC10(1e-4), {len(t)} test images: success {float(res.success.mean()):.0%}, "
           f"mean ‖r‖₂ / exact QP minimum = {ratio.mean():.4f} (min {ratio.min():.4f}, max {ratio.max():.4f})")
+    if adv is not None:
+        t_adv, ok_adv, l2_adv = _advertorch(adv, lin_params, x, t)
+        r_adv = l2_adv / np.asarray(exact)
+        print(f"advertorch on the same: success {ok_adv.mean():.0%}, mean ‖r‖₂ / exact = {r_adv[ok_adv].mean():.4f}, "
+              f"{len(t) / t_adv:.1f} img/s")
     return 0
 
 

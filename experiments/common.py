@@ -102,3 +102,10 @@ def first_images(ctx: Context, split: data.Split, salt: int = 0):
     x, y = split.images[: ctx.num_images], split.labels[: ctx.num_images]
     key = ctx.key() if salt == 0 else ctx.key(salt)
     return x, y, np.asarray(attacks.random_wrong_targets(key, y))
+
+
+def publish(ctx: Context, json_name: str, md_name: str, result: dict, render) -> dict:
+    """Writes a pipeline's result as JSON (machines) and its rendered Markdown section (people)."""
+    provenance.write_json(ctx.out / json_name, result)
+    provenance.write_text(ctx.out / md_name, render(result))
+    return result

@@ -64,9 +64,7 @@ def run(ctx: common.Context, mnist, model_names=table1.MODELS) -> dict:
               "columns": list(model_names), "adversarial_rows": adv_rows, "num_images": len(x),
               "fig7": fig7, "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table2",
                                                              noise="Gaussian, clipped to [0, 1]")}
-    provenance.write_json(ctx.out / "table2.json", result)
-    provenance.write_text(ctx.out / "table2_cross_model.md", render(result))
-    return result
+    return common.publish(ctx, "table2.json", "table2_cross_model.md", result, render)
 
 
 def _fig7(ctx, x, y, adversarial, classify) -> dict | None:

@@ -75,9 +75,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
               "num_images": len(x),
               "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table3_4",
                                               noise="Gaussian, clipped to [0, 1]")}
-    provenance.write_json(ctx.out / "table3_4.json", result)
-    provenance.write_text(ctx.out / "table3_4_cross_training.md", render(result))
-    return result
+    return common.publish(ctx, "table3_4.json", "table3_4_cross_training.md", result, render)
 
 
 def _other_set(a: str, b: str) -> bool:

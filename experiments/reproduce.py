@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results (Tables 1–4, Figs. 1, 2, 5, 7, unit analysis) into results/REPORT.md.
 
-    python -m experiments.reproduce            # full run (about 9 minutes on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 30 minutes on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
 
@@ -26,7 +26,7 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-FULL_RUN_MINUTES = 9  # measured on the 2-core development machine from an empty workdir
+FULL_RUN_MINUTES = 30  # measured on the 2-core development machine from an empty workdir (29.7 min)
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 

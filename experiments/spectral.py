@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import jax
 import numpy as np
 
 from experiments import common
@@ -86,9 +85,7 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
     result = {"alexnet": alex, "mnist_bounds": bounds, "sandwich": sandwiches,
               "figure": str(path.relative_to(ctx.out)),
               "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="spectral")}
-    provenance.write_json(ctx.out / "spectral.json", result)
-    provenance.write_text(ctx.out / "spectral.md", render(result))
-    return result
+    return common.publish(ctx, "spectral.json", "spectral.md", result, render)
 
 
 def verdicts(result: dict) -> list[str]:

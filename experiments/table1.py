@@ -42,9 +42,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
               f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
     result = {"rows": rows, "paper": {k: PAPER[k] for k in rows}, "num_images": len(x),
               "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table1")}
-    provenance.write_json(ctx.out / "table1.json", result)
-    provenance.write_text(ctx.out / "table1_models.md", render(result))
-    return result
+    return common.publish(ctx, "table1.json", "table1_models.md", result, render)
 
 
 def verdicts(result: dict) -> list[str]:

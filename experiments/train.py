@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 from experiments import common

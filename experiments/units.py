@@ -102,9 +102,7 @@ def run(ctx: common.Context, mnist, layers=LAYERS) -> dict:
         print(f"{name}: purity units {c['mean_a']:.3f} vs random {c['mean_b']:.3f} (p = {c['p_value']:.3g})")
     result = {"layers": out, "held_out": f"MNIST test set ({len(x)} images)", "k": K,
               "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="units")}
-    provenance.write_json(ctx.out / "units.json", result)
-    provenance.write_text(ctx.out / "units.md", render(result))
-    return result
+    return common.publish(ctx, "units.json", "units.md", result, render)
 
 
 def _verdict(name: str, r: dict) -> str:
