@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +189,18 @@ def test_attack_in_chunks_matches_one_call_and_resumes(mlp, mnist, tmp_path):
     again = attacks.attack_in_chunks(fn, x, t, config=cfg, chunk_size=2, cache_dir=tmp_path)
     assert (tmp_path / "chunk_00000.npz").stat().st_mtime_ns == stamp  # finished chunks are reused
     jax.tree.map(np.testing.assert_array_equal, res, again)
+
+
+def test_block_size_attacks_blocks_and_gives_the_same_examples(mlp, mnist):
+    model, params = mlp
+    fn = Partial(model.apply, params)
+    x, y = mnist.test.images[:7], mnist.test.labels[:7]
+    t = attacks.random_wrong_targets(jax.random.key(3), y)
+    cfg = attacks.AttackConfig.smoke()
+    whole = attacks.lbfgs_attack(fn, x, t, config=cfg)
+    blocked = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, block_size=3))
+    assert blocked.adversarial.shape == whole.adversarial.shape
+    np.testing.assert_array_equal(np.asarray(blocked.success), np.asarray(whole.success))
+    np.testing.assert_allclose(np.asarray(blocked.l2), np.asarray(whole.l2), rtol=2e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="block_size"):
+        attacks.AttackConfig(block_size=0)
