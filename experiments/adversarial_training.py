@@ -88,7 +88,7 @@ def run(ctx: common.Context, mnist, variants=tuple(VARIANTS), seeds=SEEDS) -> di
     result = {"model": MODEL, "seeds": list(seeds), "summary": summary, "runs": runs,
               "figure": str(path.relative_to(ctx.out)),
               "train_config": dataclasses.asdict(ctx.train_cfg),
-              "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="adversarial_training")}
+              "provenance": common.record(ctx, t0, pipeline="adversarial_training")}
     return common.publish(ctx, "adversarial_training.json", "adversarial_training.md", result, render)
 
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import logging
 import pathlib
+import time
 
 import jax
 import numpy as np
@@ -109,3 +110,9 @@ def publish(ctx: Context, json_name: str, md_name: str, result: dict, render) ->
     provenance.write_json(ctx.out / json_name, result)
     provenance.write_text(ctx.out / md_name, render(result))
     return result
+
+
+def record(ctx: Context, t0: float, **extra) -> dict:
+    """Provenance of a pipeline run: command, seed, versions, machine, wall time and the run's configs."""
+    return provenance.record(ctx.seed, time.time() - t0, train_config=dataclasses.asdict(ctx.train_cfg),
+                             attack_config=dataclasses.asdict(ctx.attack_cfg), num_images=ctx.num_images, **extra)

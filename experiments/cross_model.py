@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from experiments import common, table1
-from intriguing_jax import attacks, figures, provenance, report, transfer
+from intriguing_jax import attacks, figures, report, transfer
 
 # Paper's Table 2: (value, provenance mark) per cell; "Av. distortion" last. Bold in the paper's
 # reconstruction = [2nd], the rest [rec] (see ../shared/PAPER.md).
@@ -62,7 +62,7 @@ def run(ctx: common.Context, mnist, model_names=table1.MODELS) -> dict:
     fig7 = _fig7(ctx, x, y, images.get(FIG7_MODEL), classifiers.get(FIG7_MODEL))
     result = {"matrix": matrix, "rms": rms, "attack_success": success, "clean_error": clean,
               "columns": list(model_names), "adversarial_rows": adv_rows, "num_images": len(x),
-              "fig7": fig7, "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table2",
+              "fig7": fig7, "provenance": common.record(ctx, t0, pipeline="table2",
                                                              noise="Gaussian, clipped to [0, 1]")}
     return common.publish(ctx, "table2.json", "table2_cross_model.md", result, render)
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from experiments import common
-from intriguing_jax import attacks, provenance, report, transfer
+from intriguing_jax import attacks, report, transfer
 
 # (display name, registry model, training split)
 MODELS = (("FC100-100-10", "FC100-100-10", "p1"), ("FC123-456-10", "FC123-456-10", "p1"),
@@ -73,7 +73,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
                                     "rms": {r: rms(im) for r, im in literal.items()}},
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(trained),
               "num_images": len(x),
-              "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table3_4",
+              "provenance": common.record(ctx, t0, pipeline="table3_4",
                                               noise="Gaussian, clipped to [0, 1]")}
     return common.publish(ctx, "table3_4.json", "table3_4_cross_training.md", result, render)
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from experiments import common
-from intriguing_jax import alexnet, figures, provenance, report, spectral
+from intriguing_jax import alexnet, figures, report, spectral
 
 # Table 5 of the paper [2nd] (authors' 2013 AlexNet weights).
 PAPER5 = {"conv1": 2.75, "conv2": 10.0, "conv3": 7.0, "conv4": 7.5, "conv5": 11.0, "fc1": 3.12, "fc2": 4.0,
@@ -84,7 +84,7 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
                        xlabel="distortion found / certified lower bound (log scale)", log=True)
     result = {"alexnet": alex, "mnist_bounds": bounds, "sandwich": sandwiches,
               "figure": str(path.relative_to(ctx.out)),
-              "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="spectral")}
+              "provenance": common.record(ctx, t0, pipeline="spectral")}
     return common.publish(ctx, "spectral.json", "spectral.md", result, render)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import attacks, figures, provenance, report
+from intriguing_jax import attacks, figures, report
 
 # Table 1 of the paper [2nd]: train error, test error, average minimum distortion.
 PAPER = {
@@ -41,7 +41,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
               f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
     result = {"rows": rows, "paper": {k: PAPER[k] for k in rows}, "num_images": len(x),
-              "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="table1")}
+              "provenance": common.record(ctx, t0, pipeline="table1")}
     return common.publish(ctx, "table1.json", "table1_models.md", result, render)
 
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from experiments import common
-from intriguing_jax import figures, provenance, report, units
+from intriguing_jax import figures, report, units
 
 LAYERS = (("ConvNet", 1, "dense-128 (last feature layer)"), ("FC100-100-10", 1, "second hidden layer (100)"))
 K = 8
@@ -101,7 +101,7 @@ def run(ctx: common.Context, mnist, layers=LAYERS) -> dict:
         c = a["comparisons"]["units vs random"]["purity"]
         print(f"{name}: purity units {c['mean_a']:.3f} vs random {c['mean_b']:.3f} (p = {c['p_value']:.3g})")
     result = {"layers": out, "held_out": f"MNIST test set ({len(x)} images)", "k": K,
-              "provenance": provenance.record(ctx.seed, time.time() - t0, pipeline="units")}
+              "provenance": common.record(ctx, t0, pipeline="units")}
     return common.publish(ctx, "units.json", "units.md", result, render)
 
 
