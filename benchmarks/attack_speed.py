@@ -170,7 +170,7 @@ def main(argv=None):
         flat = jnp.asarray(x)
         const = jnp.ones((b,))
         vg = jax.jit(jax.value_and_grad(
-            lambda r: jnp.sum(attacks._objective(fn, flat, jnp.asarray(t), const, r, cfg.penalty))))
+            lambda r: jnp.sum(attacks._objective(fn, flat, jnp.asarray(t), const, r, cfg))))
         t_vg, _ = timed(lambda: vg(jnp.zeros_like(flat)), 20)
         t_ours, res = timed(lambda: attacks.lbfgs_attack(fn, x, t, config=cfg), args.repeats)
         evals = int(res.grad_evals[0])
@@ -223,6 +223,10 @@ def main(argv=None):
     ratio = np.asarray(res.l2) / np.asarray(exact)
     print(f"\nsoftmax regression FC10(1e-4), {len(t)} test images: success {float(res.success.mean()):.0%}, "
           f"mean ‖r‖₂ / exact QP minimum = {ratio.mean():.4f} (min {ratio.min():.4f}, max {ratio.max():.4f})")
+    mres = attacks.lbfgs_attack(Partial(lin.apply, lin_params), x, t, config=dataclasses.replace(cfg, loss="margin"))
+    mratio = np.asarray(mres.l2) / np.asarray(exact)
+    print(f"with AttackConfig(loss='margin', kappa={cfg.kappa:g}): success {float(mres.success.mean()):.0%}, "
+          f"mean ‖r‖₂ / exact = {mratio.mean():.4f} (min {mratio.min():.4f}, max {mratio.max():.4f})")
     if adv is not None:
         t_adv, ok_adv, l2_adv = _advertorch(adv, lin_params, x, t)
         r_adv = l2_adv / np.asarray(exact)

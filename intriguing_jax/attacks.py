@@ -47,6 +47,9 @@ class AttackConfig:
       solver: ``"batched"`` (``intriguing_jax.lbfgsb``: the whole batch advances together, finished
         examples frozen by masks) or ``"jaxopt"`` (``jaxopt.LBFGSB`` under ``jax.vmap``, the reference).
       warm_start: start each solve from the best successful perturbation so far (else from r = 0).
+      loss: ``"ce"`` (the paper's cross-entropy toward the target) or ``"margin"``
+        (max(max_{j≠t} z_j − z_t + kappa, 0), zero once the target leads by ``kappa``: its minimiser lies
+        on the decision boundary, so on a linear model the search recovers the exact minimum).
       block_size: attack a large batch as consecutive blocks of this many examples (one compilation;
         the last block padded). A batch runs each solve until its slowest example converges, so on a
         CPU, where cost grows with the rows, small blocks waste fewer evaluations (FC100-100-10 on one
@@ -66,6 +69,8 @@ class AttackConfig:
     solver: Literal["batched", "jaxopt"] = "batched"
     warm_start: bool = True
     block_size: int | None = None
+    loss: Literal["ce", "margin"] = "ce"
+    kappa: float = 1e-3
 
     def __post_init__(self):
         lo, hi = self.box
@@ -75,6 +80,8 @@ class AttackConfig:
             raise ValueError(f"penalty must be 'l2_squared' or 'l2', got {self.penalty!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        if self.loss not in ("ce", "margin") or self.kappa < 0:
+            raise ValueError(f"loss must be 'ce' or 'margin' and kappa >= 0, got {self.loss!r}, {self.kappa}")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer or None, got {self.block_size}")
         if self.c_init <= 0 or self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1:
@@ -180,13 +187,18 @@ def _as_partial(logits_fn) -> Partial:
 # ---- objective and solvers -------------------------------------------------------------------
 
 
-def _objective(logits_fn, x, targets, const, r, penalty):
+def _objective(logits_fn, x, targets, const, r, cfg: "AttackConfig"):
     """Per-example objective ``[N]`` for flat ``x, r`` ``[N, D]`` (images reshaped by the caller)."""
     logits = logits_fn(x + r)
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+    if cfg.loss == "ce":
+        loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+    else:  # margin: zero once the target leads every other logit by kappa
+        z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+        others = jnp.where(jax.nn.one_hot(targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+        loss = jax.nn.relu(jnp.max(others, axis=1) - z_t + cfg.kappa)
     sq = jnp.sum(r ** 2, axis=1)
-    pen = sq if penalty == "l2_squared" else jnp.sqrt(sq + 1e-12)
-    return const * pen + ce
+    pen = sq if cfg.penalty == "l2_squared" else jnp.sqrt(sq + 1e-12)
+    return const * pen + loss
 
 
 def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: AttackConfig):
@@ -198,7 +210,7 @@ def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: AttackConfig):
     import jaxopt  # deferred: it warns on import that it is unmaintained
 
     def fun(r, image, target, const):
-        return _objective(flat_logits, image[None], target[None], const, r[None], cfg.penalty)[0]
+        return _objective(flat_logits, image[None], target[None], const, r[None], cfg)[0]
 
     solver = jaxopt.LBFGSB(fun=fun, maxiter=cfg.maxiter, tol=cfg.tol, history_size=cfg.history)
     lo, hi = cfg.box
@@ -216,7 +228,7 @@ def _solve_batched(flat_logits, x, targets, const, r0, cfg: AttackConfig):
 
     def value_and_grad(r):
         def total(r):
-            f = _objective(flat_logits, x, targets, const, r, cfg.penalty)
+            f = _objective(flat_logits, x, targets, const, r, cfg)
             return jnp.sum(f), f
         (_, f), g = jax.value_and_grad(total, has_aux=True)(r)
         return f, g
