@@ -1,4 +1,4 @@
-"""Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, unit analysis, adversarial training) into results/REPORT.md.
+"""Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
     python -m experiments.reproduce            # full run (about 30 minutes on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
