@@ -56,14 +56,14 @@ def run(ctx: common.Context, mnist, model_names=table1.MODELS) -> dict:
         images[f"Noise matched to RMS of {n}"] = np.asarray(
             transfer.noise_with_rms(ctx.key(3, i), x, attacks.distortion(x, images[n])))
     for row, im in images.items():
-        rms[row] = float(np.mean(np.asarray(attacks.distortion(x, im))))
+        rms[row] = transfer.mean_rms(x, im)
     matrix = transfer.error_matrix(classifiers, images, y)
     clean = transfer.error_rates(classifiers, x, y)
     fig7 = _fig7(ctx, x, y, images.get(FIG7_MODEL), classifiers.get(FIG7_MODEL))
     result = {"matrix": matrix, "rms": rms, "attack_success": success, "clean_error": clean,
               "columns": list(model_names), "adversarial_rows": adv_rows, "num_images": len(x),
               "fig7": fig7, "provenance": common.record(ctx, t0, pipeline="table2",
-                                                             noise="Gaussian, clipped to [0, 1]")}
+                                                  noise="Gaussian, clipped to [0, 1]")}
     return common.publish(ctx, "table2.json", "table2_cross_model.md", result, render)
 
 
@@ -76,8 +76,8 @@ def _fig7(ctx, x, y, adversarial, classify) -> dict | None:
     acc = {"adversarial": float(np.mean(classify(adversarial) == y)),
            "gaussian_clipped": float(np.mean(classify(noisy) == y)),
            "gaussian_unclipped": float(np.mean(classify(unclipped) == y)),
-           "adversarial_rms": float(np.mean(np.asarray(attacks.distortion(x, adversarial)))),
-           "gaussian_clipped_rms": float(np.mean(np.asarray(attacks.distortion(x, noisy))))}
+           "adversarial_rms": transfer.mean_rms(x, adversarial),
+           "gaussian_clipped_rms": transfer.mean_rms(x, noisy)}
     path = ctx.out / "figures" / "fig7_adversarial_vs_noise.png"
     figures.image_rows(path, [
         (adversarial, f"adversarial for {FIG7_MODEL}: RMS {acc['adversarial_rms']:.3f}, "

@@ -66,15 +66,13 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
             transfer.noise_with_rms(ctx.key(5, 2 + i), x, attacks.distortion(x, a)))
     literal = {f"Distorted for {d}, paper's formula literally": np.asarray(
         transfer.paper_magnify_literal(x, a, MAGNIFIED_RMS)) for d, a in adv.items()}
-    rms = lambda im: float(np.mean(np.asarray(attacks.distortion(x, im))))  # noqa: E731
     result = {"table3": table3, "matrix": transfer.error_matrix(classifiers, rows, y),
-              "rms": {r: rms(im) for r, im in rows.items()},
+              "rms": {r: transfer.mean_rms(x, im) for r, im in rows.items()},
               "literal_magnified": {"matrix": transfer.error_matrix(classifiers, literal, y),
-                                    "rms": {r: rms(im) for r, im in literal.items()}},
+                                    "rms": {r: transfer.mean_rms(x, im) for r, im in literal.items()}},
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(trained),
               "num_images": len(x),
-              "provenance": common.record(ctx, t0, pipeline="table3_4",
-                                              noise="Gaussian, clipped to [0, 1]")}
+              "provenance": common.record(ctx, t0, pipeline="table3_4", noise="Gaussian, clipped to [0, 1]")}
     return common.publish(ctx, "table3_4.json", "table3_4_cross_training.md", result, render)
 
 

@@ -30,8 +30,8 @@ from jax.tree_util import Partial
 
 from intriguing_jax import attacks, checkpoint
 from intriguing_jax.data import Split
-from intriguing_jax.models import MLP, Model
-from intriguing_jax.train import TrainConfig, cross_entropy, weight_decay
+from intriguing_jax.models import MLP, NUM_PIXELS, Model
+from intriguing_jax.train import TrainConfig, lr_schedule, cross_entropy, weight_decay
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ def _fresh(model, params, layers, split, key, n, cfg) -> tuple[Pool, ...]:
     return tuple(out)
 
 
-def _state_template(model, tx, layers, cfg: AdvTrainConfig, key):
+def _state_template(model, tx, adv: AdvTrainConfig, key):
     params = model.init(key)
-    x = jnp.zeros((1, 784), jnp.float32)
-    dims = [layer_inputs(model, params, x, k).shape[1] for k in layers]
-    pools = tuple(Pool(jnp.zeros((cfg.pool_size, d), jnp.float32), jnp.zeros(cfg.pool_size, jnp.int32))
+    x = jnp.zeros((1, NUM_PIXELS), jnp.float32)
+    dims = [layer_inputs(model, params, x, k).shape[1] for k in adv.layers]
+    pools = tuple(Pool(jnp.zeros((adv.pool_size, d), jnp.float32), jnp.zeros(adv.pool_size, jnp.int32))
                   for d in dims)
     return {"params": params, "opt_state": tx.init(params), "pools": pools}
 
@@ -143,12 +143,12 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")
-    tx = optax.adam(optax.cosine_decay_schedule(cfg.learning_rate, max(epochs * steps_per_epoch, 1)))
+    tx = optax.adam(lr_schedule(cfg, epochs * steps_per_epoch))
     init_key, pool_key, loop_key = jax.random.split(key, 3)
     state, history, start = None, [], 0
     if checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
         try:
-            state, meta = checkpoint.load(checkpoint_path, _state_template(model, tx, adv.layers, adv, init_key))
+            state, meta = checkpoint.load(checkpoint_path, _state_template(model, tx, adv, init_key))
             history, start = meta["history"], meta["epoch"]
             log.info("resuming %s adversarial training at epoch %d", model.name, start)
         except checkpoint.CheckpointError as e:

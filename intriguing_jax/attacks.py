@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import logging
 import pathlib
 from typing import Callable, Literal, NamedTuple
 
@@ -31,6 +33,7 @@ from intriguing_jax import lbfgsb
 from intriguing_jax.checkpoint import atomic_write_npz
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,11 +344,10 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     n, b = flat.shape[0], cfg.block_size
     if b is None or n <= b:
         return _attack_core(_as_partial(logits_fn), flat, targets, shape, cfg)
-    pad = (-n) % b  # repeat the last example: every block has the compiled shape
-    flat = jnp.concatenate([flat, jnp.repeat(flat[-1:], pad, axis=0)])
-    targets = jnp.concatenate([targets, jnp.repeat(targets[-1:], pad)])
+    size = -(-n // b) * b  # every block has the compiled shape
+    flat, targets = pad_rows(flat, size), pad_rows(targets, size)
     parts = [_attack_core(_as_partial(logits_fn), flat[i:i + b], targets[i:i + b], shape, cfg)
-             for i in range(0, n + pad, b)]
+             for i in range(0, size, b)]
     res = AttackResult(*(jnp.concatenate(f)[:n] for f in zip(*parts)))
     return res._replace(grad_evals=jnp.full((n,), sum(p.grad_evals[0] for p in parts)))
 
@@ -374,6 +376,47 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
 
 
 # ---- datasets --------------------------------------------------------------------------------
+
+
+def pad_rows(a, size: int):
+    """``a`` (numpy or JAX, rows first) extended to ``size`` rows by repeating its last row, so that
+    a ragged last batch has the compiled shape; callers drop the extra rows from the result."""
+    xp = jnp if isinstance(a, jax.Array) else np
+    return xp.concatenate([a, xp.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def checksum(arrays: dict) -> str:
+    """SHA-256 over named arrays (names, dtypes, shapes and bytes), independent of their order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def save_result(path, res: AttackResult) -> None:
+    """An ``AttackResult`` as an atomically written ``.npz`` carrying the checksum of its arrays."""
+    arrays = {f: np.asarray(a) for f, a in res._asdict().items()}
+    atomic_write_npz(path, checksum=np.asarray(checksum(arrays)), **arrays)
+
+
+def load_result(path, n: int) -> AttackResult | None:
+    """A result written by ``save_result``; None if missing, unreadable, corrupt (checksum) or not of
+    ``n`` rows, so that the caller recomputes it."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            arrays = {f: z[f] for f in AttackResult._fields}
+            stored = str(z["checksum"])
+    except Exception as e:  # noqa: BLE001 - any unreadable file is recomputed
+        log.warning("unreadable result %s (%s); recomputing", path.name, e)
+        return None
+    if stored != checksum(arrays) or len(arrays["success"]) != n:
+        log.warning("corrupt result %s (checksum or size mismatch); recomputing", path.name)
+        return None
+    return AttackResult(**arrays)
 
 
 def random_wrong_targets(key: jax.Array, labels, num_classes: int = 10) -> jax.Array:
@@ -410,23 +453,14 @@ def attack_in_chunks(logits_fn: LogitsFn, images, targets, *, config: AttackConf
     for i, start in enumerate(range(0, n, chunk_size)):
         path = pathlib.Path(cache_dir) / f"chunk_{i:05d}.npz" if cache_dir is not None else None
         stop = min(start + chunk_size, n)
-        part = None
-        if path is not None and path.exists():
-            try:
-                with np.load(path) as z:
-                    part = AttackResult(**{f: z[f] for f in AttackResult._fields})
-                if len(part.success) != stop - start:
-                    part = None
-            except Exception:  # a damaged chunk is recomputed
-                part = None
+        part = load_result(path, stop - start) if path is not None else None
         if part is None:
-            pad = chunk_size - (stop - start) if n > chunk_size else 0
-            xb = np.concatenate([images[start:stop], np.repeat(images[stop - 1:stop], pad, 0)])
-            tb = np.concatenate([targets[start:stop], np.repeat(targets[stop - 1:stop], pad, 0)])
-            res = lbfgs_attack(logits_fn, xb, tb, config=config)
+            size = chunk_size if n > chunk_size else stop - start
+            res = lbfgs_attack(logits_fn, pad_rows(images[start:stop], size), pad_rows(targets[start:stop], size),
+                               config=config)
             part = AttackResult(*(np.asarray(a)[: stop - start] for a in res))
             if path is not None:
-                atomic_write_npz(path, **part._asdict())
+                save_result(path, part)
         parts.append(part)
         if progress is not None:
             progress(stop - start)

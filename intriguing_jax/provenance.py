@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -16,8 +18,6 @@ _PACKAGES = ("intriguing_jax", "jax", "jaxlib", "flax", "optax", "jaxopt", "nump
 
 def config_hash(cfg) -> str:
     """A short stable hash of a (dataclass) config, for cache keys (Python's hash() is salted)."""
-    import dataclasses
-    import hashlib
     blob = json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import pathlib
 from typing import Callable, Literal, NamedTuple
 
@@ -28,8 +27,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from intriguing_jax import attacks
 from intriguing_jax.checkpoint import atomic_write_bytes, atomic_write_npz
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +108,12 @@ def sharded_attack(logits_fn, images, targets, config: attacks.AttackConfig, dev
     spec = PartitionSpec("batch")
     run = functools.partial(_shard_mapped(config, mesh), attacks._as_partial(logits_fn))
     per_round = device_batch * len(devices)
+    sharding = NamedSharding(mesh, spec)
     parts = []
     for start in range(0, n, per_round):
         x, t = images[start:start + per_round], targets[start:start + per_round]
-        used = len(x)
-        if used < per_round:  # idle devices get copies of the last block; dropped below
-            reps = per_round - used
-            x = np.concatenate([x, np.repeat(x[-1:], reps, 0)])
-            t = np.concatenate([t, np.repeat(t[-1:], reps)])
-        sharding = NamedSharding(mesh, spec)
+        used = len(x)  # idle devices get copies of the last example; dropped below
+        x, t = attacks.pad_rows(x, per_round), attacks.pad_rows(t, per_round)
         res = run(jax.device_put(x, sharding), jax.device_put(t, sharding))
         parts.append(attacks.AttackResult(*(np.asarray(a)[:used] for a in res)))
     return attacks.AttackResult(*(np.concatenate(f) for f in zip(*parts)))
@@ -138,40 +132,16 @@ def _shard_mapped(config: attacks.AttackConfig, mesh: Mesh):
                                  check_vma=False))
 
 
-def _checksum(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 def _shard_path(root: pathlib.Path, s: Shard) -> pathlib.Path:
     return root / f"shard_{s.index:06d}.npz"
 
 
-def _load_shard(path: pathlib.Path, n: int) -> attacks.AttackResult | None:
-    """A finished shard, or None if missing, unreadable, corrupt (checksum) or of the wrong size."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as z:
-            arrays = {f: z[f] for f in attacks.AttackResult._fields}
-            stored = str(z["checksum"])
-    except Exception as e:  # noqa: BLE001 - any unreadable file is recomputed
-        log.warning("unreadable shard %s (%s); recomputing", path.name, e)
-        return None
-    if stored != _checksum(arrays) or len(arrays["success"]) != n:
-        log.warning("corrupt shard %s (checksum or size mismatch); recomputing", path.name)
-        return None
-    return attacks.AttackResult(**arrays)
+_load_shard = attacks.load_result  # a shard file is a checksummed AttackResult
 
 
 def _run_shard(s: Shard, logits_fn, images, spec: SweepSpec, devices) -> attacks.AttackResult:
-    n = len(s.image_index)
-    pad = spec.shard_size - n  # fixed shapes: one compilation per (model, config)
-    idx = np.concatenate([s.image_index, np.repeat(s.image_index[-1:], pad)])
-    tgt = np.concatenate([s.targets, np.repeat(s.targets[-1:], pad)])
+    n = len(s.image_index)  # padded to shard_size: one compilation per (model, config)
+    idx, tgt = attacks.pad_rows(s.image_index, spec.shard_size), attacks.pad_rows(s.targets, spec.shard_size)
     res = sharded_attack(logits_fn, images[idx], tgt, spec.configs[s.config], devices, spec.device_batch)
     return attacks.AttackResult(*(np.asarray(a)[:n] for a in res))
 
@@ -200,9 +170,7 @@ def run_sweep(spec: SweepSpec, logits_fns: dict[str, Callable], images, labels, 
             continue
         path = _shard_path(root, s)
         if _load_shard(path, len(s.image_index)) is None:
-            res = _run_shard(s, logits_fns[s.model], images, spec, devices)
-            arrays = res._asdict()
-            atomic_write_npz(path, checksum=np.asarray(_checksum(arrays)), **arrays)
+            attacks.save_result(path, _run_shard(s, logits_fns[s.model], images, spec, devices))
         if progress is not None:
             progress(len(s.image_index))
     if count > 1:
@@ -232,5 +200,5 @@ def assemble(spec: SweepSpec, labels, out_dir) -> dict:
 
 def result_digest(results: dict) -> str:
     """SHA-256 over every array of an assembled result (to compare runs for bitwise identity)."""
-    return _checksum({f"{m}|{c}|{f}": getattr(r, f) for (m, c), r in results.items()
+    return attacks.checksum({f"{m}|{c}|{f}": getattr(r, f) for (m, c), r in results.items()
                       for f in attacks.AttackResult._fields})

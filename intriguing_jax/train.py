@@ -92,7 +92,7 @@ def _run_epochs(loss_fn: Callable, params, tx, data: tuple, key, epochs: int, ba
     return params, history
 
 
-def _schedule(cfg: TrainConfig, steps: int):
+def lr_schedule(cfg: TrainConfig, steps: int):
     return optax.cosine_decay_schedule(cfg.learning_rate, max(steps, 1))
 
 
@@ -111,7 +111,7 @@ def pretrain_autoencoder(model: Model, train: Split, key, cfg: TrainConfig, on_e
         return mse + cfg.ae_sparsity_weight * kl + weight_decay(
             p, {"dense_0": cfg.ae_weight_decay, "decoder": cfg.ae_weight_decay})
 
-    tx = optax.adam(_schedule(cfg, cfg.ae_epochs * (len(train) // cfg.batch_size)))
+    tx = optax.adam(lr_schedule(cfg, cfg.ae_epochs * (len(train) // cfg.batch_size)))
     params, hist = _run_epochs(loss_fn, params, tx, (train.images,), loop_key, cfg.ae_epochs,
                                cfg.batch_size, on_epoch)
     return params["params"]["dense_0"], hist
@@ -135,7 +135,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
         return cross_entropy(model.apply(p, x), y) + weight_decay(p, model.spec.weight_decay)
 
     steps = epochs * (len(train) // cfg.batch_size)
-    tx = _frozen_optimizer(optax.adam(_schedule(cfg, steps)), params, model.spec.frozen)
+    tx = _frozen_optimizer(optax.adam(lr_schedule(cfg, steps)), params, model.spec.frozen)
     return _run_epochs(loss_fn, params, tx, (train.images, train.labels), loop_key, epochs,
                        cfg.batch_size, on_epoch)
 

@@ -78,3 +78,8 @@ def noise_with_rms(key: jax.Array, images, rms, box=(0.0, 1.0)) -> jax.Array:
     ``attacks.matched_noise``, whose stddev (before clipping) is matched."""
     x = jnp.asarray(images)
     return rescale_to_rms(x, x + jax.random.normal(key, x.shape, x.dtype), rms, box)
+
+
+def mean_rms(images, perturbed) -> float:
+    """Mean over images of the realised per-pixel RMS of ``perturbed − images`` (the tables' distortion)."""
+    return float(jnp.mean(distortion(images, perturbed)))
