@@ -46,18 +46,21 @@ class AttackConfig:
       c_init: first c tried; c_factor: bracketing factor; c_steps: total solves per example
         (bracketing, then bisection in log space).
       maxiter: L-BFGS-B iterations per solve; tol: projected-gradient tolerance; ftol: relative
-        decrease below which a solve stops (batched solver); history: the L-BFGS memory size.
+        decrease below which a solve stops (batched solver; 1e-6 gives the same mean distortion as 1e-7
+        on every paper model with half the evaluations, ``benchmarks/RESULTS.md``); history: the L-BFGS
+        memory size.
       solver: ``"batched"`` (``intriguing_jax.lbfgsb``: the whole batch advances together, finished
         examples frozen by masks) or ``"jaxopt"`` (``jaxopt.LBFGSB`` under ``jax.vmap``, the reference).
       warm_start: start each solve from the best successful perturbation so far (else from r = 0).
       loss: ``"ce"`` (the paper's cross-entropy toward the target) or ``"margin"``
         (max(max_{j≠t} z_j − z_t + kappa, 0), zero once the target leads by ``kappa``: its minimiser lies
         on the decision boundary, so on a linear model the search recovers the exact minimum).
+      compact_to: as a solve's examples converge, the batched solver gathers the still-active ones into
+        batches of half the size, down to this many rows, so the batch does not keep evaluating finished
+        examples while its slowest ones converge (``None``: never; the results are the same).
       block_size: attack a large batch as consecutive blocks of this many examples (one compilation;
-        the last block padded). A batch runs each solve until its slowest example converges, so on a
-        CPU, where cost grows with the rows, small blocks waste fewer evaluations (FC100-100-10 on one
-        core: 133 img/s in blocks of 16 vs 61 img/s as one batch of 256, ``benchmarks/RESULTS.md``).
-        ``None``: the whole batch at once (best on accelerators, where rows are nearly free).
+        the last block padded). On a CPU, blocks of 32–64 keep each block's L-BFGS memory in cache
+        (``benchmarks/RESULTS.md``). ``None``: the whole batch at once (for accelerators).
     """
 
     box: tuple[float, float] = (0.0, 1.0)
@@ -67,11 +70,12 @@ class AttackConfig:
     c_steps: int = 10
     maxiter: int = 100
     tol: float = 1e-5
-    ftol: float = 1e-7
+    ftol: float = 1e-6
     history: int = 10
     solver: Literal["batched", "jaxopt"] = "batched"
     warm_start: bool = True
     block_size: int | None = None
+    compact_to: int | None = 8
     loss: Literal["ce", "margin"] = "ce"
     kappa: float = 1e-3
 
@@ -85,8 +89,10 @@ class AttackConfig:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.loss not in ("ce", "margin") or self.kappa < 0:
             raise ValueError(f"loss must be 'ce' or 'margin' and kappa >= 0, got {self.loss!r}, {self.kappa}")
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size must be a positive integer or None, got {self.block_size}")
+        for name in ("block_size", "compact_to"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
         if self.c_init <= 0 or self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1:
             raise ValueError("need c_init > 0, c_factor > 1, c_steps >= 1, maxiter >= 1")
 
@@ -107,8 +113,8 @@ class AttackResult(NamedTuple):
     c: jax.Array  # [N] the c that produced the returned example (inf where x itself reaches the target)
     target: jax.Array  # [N] the target label
     prediction: jax.Array  # [N] argmax logits_fn(adversarial)
-    grad_evals: jax.Array  # [N] batched value-and-grad evaluations the call performed (same for all rows;
-    #                       with block_size, evaluations of one block summed over the blocks)
+    grad_evals: jax.Array  # [N] value-and-grad evaluations spent on each example (its row of every
+    #                       batched call it took part in; the sum is the call's work in rows)
 
 
 def distortion(x: jax.Array, x_adv: jax.Array) -> jax.Array:
@@ -223,23 +229,24 @@ def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: AttackConfig):
         return out.params, out.state.num_grad_eval
 
     r, evals = jax.vmap(one)(x, targets, const, r0)
-    return r, jnp.max(evals)  # lanes run in lockstep under vmap: the batch pays for the slowest
+    # lanes run in lockstep under vmap: every row is evaluated as often as the slowest lane
+    return r, jnp.full_like(evals, jnp.max(evals))
 
 
 def _solve_batched(flat_logits, x, targets, const, r0, cfg: AttackConfig):
     """Batch-native solver: ``intriguing_jax.lbfgsb.minimize`` on the whole batch at once."""
 
-    def value_and_grad(r):
+    def value_and_grad(r, aux):
         def total(r):
-            f = _objective(flat_logits, x, targets, const, r, cfg)
+            f = _objective(flat_logits, *aux, r, cfg)
             return jnp.sum(f), f
         (_, f), g = jax.value_and_grad(total, has_aux=True)(r)
         return f, g
 
     lo, hi = cfg.box
-    sol = lbfgsb.minimize(value_and_grad, r0, lo - x, hi - x, maxiter=cfg.maxiter,
-                          history=cfg.history, tol=cfg.tol, ftol=cfg.ftol)
-    return sol.x, sol.evaluations
+    sol = lbfgsb.minimize(value_and_grad, r0, lo - x, hi - x, (x, targets, const), maxiter=cfg.maxiter,
+                          history=cfg.history, tol=cfg.tol, ftol=cfg.ftol, min_rows=cfg.compact_to)
+    return sol.x, sol.row_evaluations
 
 
 SOLVERS = {"batched": _solve_batched, "jaxopt": _solve_box_lbfgs}
@@ -256,7 +263,7 @@ class _Search(NamedTuple):
     best_l2: jax.Array  # its squared norm (inf until a success)
     best_c: jax.Array
     found: jax.Array  # any verified success
-    evals: jax.Array  # [] batched evaluations so far
+    evals: jax.Array  # [N] value-and-grad evaluations of each example so far
 
 
 def _next_c(c_ok, c_fail, c, factor):
@@ -299,7 +306,7 @@ def _attack_core(logits_fn: Partial, x, targets, shape, cfg: AttackConfig) -> At
     init = _Search(c=jnp.full((n,), cfg.c_init, x.dtype), c_ok=jnp.zeros((n,), x.dtype),
                    c_fail=jnp.full((n,), jnp.inf, x.dtype), best_r=jnp.zeros_like(x),
                    best_l2=jnp.full((n,), jnp.inf, x.dtype), best_c=jnp.full((n,), jnp.inf, x.dtype),
-                   found=jnp.zeros((n,), bool), evals=jnp.zeros((), jnp.int32))
+                   found=jnp.zeros((n,), bool), evals=jnp.zeros((n,), jnp.int32))
     s, _ = jax.lax.scan(step, init, None, length=cfg.c_steps)
     r = jnp.where(trivial[:, None], 0.0, s.best_r)
     x_adv = jnp.clip(x + r, lo, hi)
@@ -310,7 +317,7 @@ def _attack_core(logits_fn: Partial, x, targets, shape, cfg: AttackConfig) -> At
         l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
         distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)),
         c=jnp.where(trivial, jnp.inf, s.best_c), target=targets, prediction=pred,
-        grad_evals=jnp.full((n,), s.evals))
+        grad_evals=s.evals)
 
 
 def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
@@ -348,8 +355,7 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     flat, targets = pad_rows(flat, size), pad_rows(targets, size)
     parts = [_attack_core(_as_partial(logits_fn), flat[i:i + b], targets[i:i + b], shape, cfg)
              for i in range(0, size, b)]
-    res = AttackResult(*(jnp.concatenate(f)[:n] for f in zip(*parts)))
-    return res._replace(grad_evals=jnp.full((n,), sum(p.grad_evals[0] for p in parts)))
+    return AttackResult(*(jnp.concatenate(f)[:n] for f in zip(*parts)))
 
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,

@@ -1,8 +1,8 @@
 """A batch-native, bound-constrained L-BFGS in pure JAX.
 
 Minimises N independent problems ``f_i(x_i)`` subject to ``lo_i <= x_i <= hi_i`` together: every array is
-batch-first, each iteration costs one batched value-and-gradient evaluation (plus backtracking trials
-only where a step is rejected), and finished examples are frozen by masks rather than by branching.
+batch-first, every iteration is exactly one batched value-and-gradient evaluation, and finished examples
+are frozen by masks rather than by branching.
 
 Method (a projected quasi-Newton method with an active set, in the spirit of L-BFGS-B):
   1. binding set: coordinates at a bound whose gradient points out of the box;
@@ -10,27 +10,37 @@ Method (a projected quasi-Newton method with an active set, in the spirit of L-B
      (compact memory of the last ``history`` pairs, per-example circular buffers), falling back to the
      scaled projected gradient where that is not a descent direction;
   3. step: projected backtracking line search ``P(x + α d)`` from α = 1 with the Armijo condition along
-     the projected path, a fixed maximum number of halvings;
-  4. stop per example when the projected gradient's max-norm is below ``tol`` or the relative decrease
-     of f falls below ``ftol`` (scipy's ``factr`` criterion) or the line search cannot make progress.
+     the projected path. Each example's trials are spread over the batch's iterations: an example whose
+     trial is rejected keeps its direction and halves α at the next iteration, while the others take
+     new steps, so no example pays for another's backtracking (at most ``ls_steps`` halvings);
+  4. stop per example when the projected gradient's max-norm is below ``tol``, the relative decrease of
+     f falls below ``ftol`` (scipy's ``factr`` criterion), after ``maxiter`` accepted steps, or when the
+     line search cannot make progress.
 Unlike jaxopt.LBFGSB under ``vmap``, no example walks its coordinates or its line search alone.
+
+Compaction (``min_rows``): a batch would otherwise evaluate every row until its slowest example
+converges. Once at most half the rows are still active they are gathered (with their memory, bounds and
+per-row data ``aux``) into a batch of half the size, down to ``min_rows`` rows; finished rows are written
+back. The sizes are static (N, N/2, N/4, ...), so this compiles to one loop per size.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-ValueAndGrad = Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # [N, D] -> ([N], [N, D])
+# (x [M, D], aux: a pytree of per-row arrays [M, ...]) -> (f [M], g [M, D]); row i depends only on row i
+ValueAndGrad = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
 
 
 class Solution(NamedTuple):
     x: jax.Array  # [N, D] inside the bounds
     f: jax.Array  # [N]
-    iterations: jax.Array  # [N] iterations each example took
-    evaluations: jax.Array  # [] batched value-and-grad evaluations performed
+    iterations: jax.Array  # [N] accepted steps of each example
+    evaluations: jax.Array  # [] batched value-and-grad calls (of any size)
+    row_evaluations: jax.Array  # [N] evaluations of each row (a finished row riding along counts)
 
 
 class _State(NamedTuple):
@@ -39,102 +49,178 @@ class _State(NamedTuple):
     g: jax.Array
     s_mem: jax.Array  # [N, m, D]
     y_mem: jax.Array  # [N, m, D]
-    rho: jax.Array  # [N, m]
+    rho: jax.Array  # [N, m] 1 / s·y (0: empty slot)
+    sy: jax.Array  # [N, m, m] s_i·y_j between the stored pairs (slot order)
+    yy: jax.Array  # [N, m, m] y_i·y_j
     ptr: jax.Array  # [N] next slot to write
     count: jax.Array  # [N] valid pairs
+    s_new: jax.Array  # [N, D] the last step's pair, written into the memory at the next iteration
+    y_new: jax.Array  # [N, D]   (write-then-read lets XLA update the memory in place, not copy it)
+    store: jax.Array  # [N] bool: s_new, y_new are to be stored
+    direction: jax.Array  # [N, D] the search direction of a step in progress
+    alpha: jax.Array  # [N] its next trial step length
+    backtracks: jax.Array  # [N] halvings so far on this step (0: the next trial starts a new step)
     active: jax.Array  # [N] bool
     iters: jax.Array  # [N]
+    row_evals: jax.Array  # [N]
     evals: jax.Array  # []
     it: jax.Array  # []
+
+
+class _Rows(NamedTuple):
+    """What travels with a row when the batch is compacted."""
+
+    index: jax.Array  # [M] the row's index in the caller's batch
+    lo: jax.Array
+    hi: jax.Array
+    aux: Any
 
 
 def _dot(a, b):
     return jnp.sum(a * b, axis=-1)
 
 
-def _two_loop(q, st: _State, gamma0):
-    """H·q for each example from its own memory (newest pair first)."""
+def _two_loop(q, sq, yq, st: _State, gamma0):
+    """H·q for each example from its own memory: the L-BFGS two-loop recursion written as batched
+    small-matrix algebra. Its 2m sequential dot/axpy passes over [N, D] become the projections of q on
+    the memory (``sq``, ``yq`` [N, m], slot order), two unit-triangular m×m solves for the recursion's
+    coefficients (from the pairs' inner products ``sy``, ``yy``, kept up to date as pairs are stored)
+    and one combination."""
     n, m = st.rho.shape
-    rows = jnp.arange(n)
-    alphas = []
-    for j in range(m):
-        idx = (st.ptr - 1 - j) % m
-        valid = j < st.count
-        s, y, rho = st.s_mem[rows, idx], st.y_mem[rows, idx], st.rho[rows, idx]
-        a = jnp.where(valid, rho * _dot(s, q), 0.0)
-        q = q - a[:, None] * y
-        alphas.append((a, idx, valid))
-    newest = (st.ptr - 1) % m
-    s_n, y_n = st.s_mem[rows, newest], st.y_mem[rows, newest]
-    gamma = jnp.where(st.count > 0, _dot(s_n, y_n) / jnp.maximum(_dot(y_n, y_n), 1e-30), gamma0)
-    z = gamma[:, None] * q
-    for a, idx, valid in reversed(alphas):
-        s, y, rho = st.s_mem[rows, idx], st.y_mem[rows, idx], st.rho[rows, idx]
-        b = rho * _dot(y, z)
-        z = z + jnp.where(valid, a - b, 0.0)[:, None] * s
-    return z
+    order = (st.ptr[:, None] - 1 - jnp.arange(m)) % m  # [N, m] slots, newest pair first
+    age = lambda a: jnp.take_along_axis(a, order, axis=1)  # noqa: E731
+    pairs = lambda a: jnp.take_along_axis(  # noqa: E731
+        jnp.take_along_axis(a, order[:, :, None], axis=1), order[:, None, :], axis=2)
+    rho = age(st.rho)  # 0 for empty slots, which then drop out
+    sq, yq = age(sq), age(yq)
+    sy, yy = pairs(st.sy), pairs(st.yy)  # sy[j, i] = s_j·y_i in age order
+    gamma = jnp.where(st.count > 0, sy[:, 0, 0] / jnp.maximum(yy[:, 0, 0], 1e-30), gamma0)
+    # first loop, newest to oldest: a_j = rho_j (s_j·q − Σ_{i newer} a_i s_j·y_i)
+    lower = rho[:, :, None] * jnp.tril(sy, -1)
+    a = _unit_triangular_solve(lower, rho * sq, lower=True)
+    # second loop, oldest to newest, on r = γ (q − Σ a_i y_i):
+    # b_j = rho_j (y_j·r + Σ_{i older} (a_i − b_i) y_j·s_i)
+    upper = rho[:, :, None] * jnp.triu(jnp.swapaxes(sy, 1, 2), 1)
+    yr = gamma[:, None] * (yq - jnp.einsum("nji,ni->nj", yy, a))
+    b = _unit_triangular_solve(upper, rho * yr + jnp.einsum("nji,ni->nj", upper, a), lower=False)
+    # H·q = γ q − γ Σ a_i y_i + Σ (a_i − b_i) s_i, coefficients back in slot order
+    slot = lambda c: jnp.zeros_like(c).at[jnp.arange(n)[:, None], order].set(c)  # noqa: E731
+    return (gamma[:, None] * q + jnp.einsum("nmd,nm->nd", st.s_mem, slot(a - b))
+            - jnp.einsum("nmd,nm->nd", st.y_mem, slot(gamma[:, None] * a)))
 
 
-def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax.Array, *,
-             maxiter: int = 100, history: int = 10, tol: float = 1e-5, ftol: float = 1e-7,
-             ls_steps: int = 10, armijo: float = 1e-4) -> Solution:
-    """Minimises each row's objective over its box. ``value_and_grad(x) -> (f [N], g [N, D])`` must be
-    row-separable (row i of g depends only on row i of x)."""
+def _unit_triangular_solve(t, rhs, lower: bool):
+    """x with (I + t) x = rhs for strictly triangular t [N, m, m] (forward/backward substitution)."""
+    eye = jnp.eye(t.shape[-1], dtype=t.dtype)
+    return jax.lax.linalg.triangular_solve(t + eye, rhs[:, :, None], left_side=True, lower=lower,
+                                           unit_diagonal=True)[:, :, 0]
+
+
+def _sizes(n: int, min_rows: int | None) -> list[int]:
+    """The static batch sizes the rows are compacted through: n, n/2, ... down to min_rows."""
+    sizes = [n]
+    while min_rows is not None and sizes[-1] // 2 >= max(min_rows, 1):
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax.Array, aux: Any = None,
+             *, maxiter: int = 100, history: int = 10, tol: float = 1e-5, ftol: float = 1e-7,
+             ls_steps: int = 10, armijo: float = 1e-4, min_rows: int | None = None) -> Solution:
+    """Minimises each row's objective over its box.
+
+    ``value_and_grad(x, aux) -> (f [M], g [M, D])`` must be row-separable: row i of f and g depends only
+    on row i of x and of ``aux`` (a pytree of per-row arrays ``[N, ...]``, gathered with the rows when
+    the batch is compacted). ``min_rows``: compact the still-active rows into half-size batches down to
+    this many rows (None: never).
+    """
     n, d = x0.shape
+    lo, hi = jnp.broadcast_to(lo, x0.shape), jnp.broadcast_to(hi, x0.shape)
     x0 = jnp.clip(x0, lo, hi)
-    f0, g0 = value_and_grad(x0)
-    st = _State(x=x0, f=f0, g=g0, s_mem=jnp.zeros((n, history, d), x0.dtype),
-                y_mem=jnp.zeros((n, history, d), x0.dtype), rho=jnp.zeros((n, history), x0.dtype),
-                ptr=jnp.zeros((n,), jnp.int32), count=jnp.zeros((n,), jnp.int32),
-                active=jnp.ones((n,), bool), iters=jnp.zeros((n,), jnp.int32),
-                evals=jnp.ones((), jnp.int32), it=jnp.zeros((), jnp.int32))
+    f0, g0 = value_and_grad(x0, aux)
 
-    def converged(x, g):
+    def converged(x, g, lo, hi):
         pg = jnp.clip(x - g, lo, hi) - x
         return jnp.max(jnp.abs(pg), axis=-1) <= tol
 
-    st = st._replace(active=~converged(x0, g0))
+    st = _State(x=x0, f=f0, g=g0, s_mem=jnp.zeros((n, history, d), x0.dtype),
+                y_mem=jnp.zeros((n, history, d), x0.dtype), rho=jnp.zeros((n, history), x0.dtype),
+                sy=jnp.zeros((n, history, history), x0.dtype), yy=jnp.zeros((n, history, history), x0.dtype),
+                ptr=jnp.zeros((n,), jnp.int32), count=jnp.zeros((n,), jnp.int32),
+                s_new=jnp.zeros_like(x0), y_new=jnp.zeros_like(x0), store=jnp.zeros((n,), bool),
+                direction=jnp.zeros_like(x0), alpha=jnp.ones((n,), x0.dtype),
+                backtracks=jnp.zeros((n,), jnp.int32), active=~converged(x0, g0, lo, hi),
+                iters=jnp.zeros((n,), jnp.int32), row_evals=jnp.ones((n,), jnp.int32),
+                evals=jnp.ones((), jnp.int32), it=jnp.zeros((), jnp.int32))
 
-    def body(st: _State) -> _State:
-        x, f, g = st.x, st.f, st.g
+    def remember(st: _State, q):
+        """Stores the pending pairs (slot ``ptr`` of the memory, its row and column of sy, yy) and
+        projects q on the updated memory; one pass over each buffer serves both."""
+        m = st.x.shape[0]
+        slot = jnp.where(st.store, st.ptr, history)  # out of range: not written (mode="drop")
+        s_mem = st.s_mem.at[jnp.arange(m), slot].set(st.s_new, mode="drop")
+        y_mem = st.y_mem.at[jnp.arange(m), slot].set(st.y_new, mode="drop")
+        sy_new = _dot(st.s_new, st.y_new)
+        rho = st.rho.at[jnp.arange(m), slot].set(1.0 / jnp.where(st.store, sy_new, 1.0), mode="drop")
+        s_dots = jnp.einsum("nmd,nkd->nmk", s_mem, jnp.stack([st.y_new, q], axis=1))  # s_i·y_new, s_i·q
+        y_dots = jnp.einsum("nmd,nkd->nmk", y_mem, jnp.stack([st.s_new, st.y_new, q], axis=1))
+        row = jax.nn.one_hot(slot, history, dtype=bool)  # all False where nothing is stored
+        sy = jnp.where(row[:, :, None], y_dots[:, None, :, 0], st.sy)  # sy[slot, j] = s_new·y_j
+        sy = jnp.where(row[:, None, :], s_dots[:, :, 0, None], sy)  # sy[i, slot] = s_i·y_new
+        yy = jnp.where(row[:, :, None], y_dots[:, None, :, 1], st.yy)
+        yy = jnp.where(row[:, None, :], y_dots[:, :, 1, None], yy)
+        st = st._replace(s_mem=s_mem, y_mem=y_mem, rho=rho, sy=sy, yy=yy,
+                         ptr=jnp.where(st.store, (st.ptr + 1) % history, st.ptr),
+                         count=jnp.where(st.store, jnp.minimum(st.count + 1, history), st.count))
+        return st, s_dots[:, :, 1], y_dots[:, :, 2]
+
+    def iterate(st: _State, rows: _Rows) -> _State:
+        x, f, g, lo, hi = st.x, st.f, st.g, rows.lo, rows.hi
+        # a new quasi-Newton direction, for the rows that start a step
         binding = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
         g_free = jnp.where(binding, 0.0, g)
         gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(g_free, axis=-1), 1e-12)
-        direction = -jnp.where(binding, 0.0, _two_loop(g_free, st, gamma0))
-        descent = _dot(direction, g) < 0
-        direction = jnp.where(descent[:, None], direction, -gamma0[:, None] * g_free)
-
-        def ls_cond(c):
-            _, _, _, _, done, k = c
-            return jnp.any(~done) & (k < ls_steps)
-
-        def ls_body(c):
-            alpha, x_new, f_new, g_new, done, k = c
-            xt = jnp.clip(x + alpha[:, None] * direction, lo, hi)
-            ft, gt = value_and_grad(xt)
-            ok = jnp.isfinite(ft) & (ft <= f + armijo * _dot(g, xt - x))
-            take = ~done & ok
-            return (jnp.where(done | ok, alpha, 0.5 * alpha), jnp.where(take[:, None], xt, x_new),
-                    jnp.where(take, ft, f_new), jnp.where(take[:, None], gt, g_new), done | ok, k + 1)
-
-        init = (jnp.ones((n,), x.dtype), x, f, g, ~st.active, jnp.zeros((), jnp.int32))
-        _, x_new, f_new, g_new, accepted, k = jax.lax.while_loop(ls_cond, ls_body, init)
-        moved = st.active & accepted
+        st, sq, yq = remember(st, g_free)
+        fresh = -jnp.where(binding, 0.0, _two_loop(g_free, sq, yq, st, gamma0))
+        fresh = jnp.where((_dot(fresh, g) < 0)[:, None], fresh, -gamma0[:, None] * g_free)
+        backtracking = st.backtracks > 0
+        direction = jnp.where(backtracking[:, None], st.direction, fresh)
+        alpha = jnp.where(backtracking, st.alpha, 1.0)
+        # one trial per row
+        xt = jnp.clip(x + alpha[:, None] * direction, lo, hi)
+        ft, gt = value_and_grad(xt, rows.aux)
+        ok = jnp.isfinite(ft) & (ft <= f + armijo * _dot(g, xt - x))
+        take = st.active & ok
+        rejected = st.active & ~ok
+        x_new = jnp.where(take[:, None], xt, x)
+        f_new = jnp.where(take, ft, f)
+        g_new = jnp.where(take[:, None], gt, g)
         s, y = x_new - x, g_new - g
-        sy = _dot(s, y)
-        store = moved & (sy > 1e-10 * jnp.maximum(_dot(y, y), 1e-30))
-        rows = jnp.arange(n)
-        slot = st.ptr
-        s_mem = st.s_mem.at[rows, slot].set(jnp.where(store[:, None], s, st.s_mem[rows, slot]))
-        y_mem = st.y_mem.at[rows, slot].set(jnp.where(store[:, None], y, st.y_mem[rows, slot]))
-        rho = st.rho.at[rows, slot].set(jnp.where(store, 1.0 / jnp.where(store, sy, 1.0), st.rho[rows, slot]))
+        store = take & (_dot(s, y) > 1e-10 * jnp.maximum(_dot(y, y), 1e-30))
         small_change = (f - f_new) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(f_new)), 1.0)
-        active = st.active & accepted & ~small_change & ~converged(x_new, g_new)
-        return _State(x=x_new, f=f_new, g=g_new, s_mem=s_mem, y_mem=y_mem, rho=rho,
-                      ptr=jnp.where(store, (st.ptr + 1) % history, st.ptr),
-                      count=jnp.where(store, jnp.minimum(st.count + 1, history), st.count),
-                      active=active, iters=st.iters + st.active.astype(jnp.int32),
-                      evals=st.evals + k, it=st.it + 1)
+        iters = st.iters + take.astype(jnp.int32)
+        backtracks = jnp.where(rejected, st.backtracks + 1, 0)
+        finished = take & (small_change | converged(x_new, g_new, lo, hi) | (iters >= maxiter))
+        gave_up = rejected & (backtracks > ls_steps)
+        return st._replace(x=x_new, f=f_new, g=g_new, s_new=s, y_new=y, store=store, direction=direction,
+                           alpha=0.5 * alpha, backtracks=backtracks, active=st.active & ~finished & ~gave_up,
+                           iters=iters, row_evals=st.row_evals + 1, evals=st.evals + 1, it=st.it + 1)
 
-    st = jax.lax.while_loop(lambda s: jnp.any(s.active) & (s.it < maxiter), body, st)
-    return Solution(x=st.x, f=st.f, iterations=st.iters, evaluations=st.evals)
+    # every row's trials: at most maxiter steps, each with at most ls_steps halvings
+    max_evals = maxiter * (ls_steps + 1)
+    rows = _Rows(index=jnp.arange(n), lo=lo, hi=hi, aux=aux)
+    out = (st.x, st.f, st.iters, st.row_evals)
+    sizes = _sizes(n, min_rows)
+    for smaller in sizes[1:] + [0]:
+        # run at this size until at most `smaller` rows are active (at the last size: until none)
+        def cond(st, smaller=smaller):
+            return (jnp.sum(st.active) > smaller) & (st.it < max_evals)
+
+        st = jax.lax.while_loop(cond, lambda st, rows=rows: iterate(st, rows), st)
+        out = tuple(o.at[rows.index].set(v) for o, v in zip(out, (st.x, st.f, st.iters, st.row_evals)))
+        if smaller:
+            keep = jnp.argsort(~st.active, stable=True)[:smaller]  # every active row, then finished ones
+            st = st._replace(**{f: getattr(st, f)[keep] for f in st._fields if f not in ("evals", "it")})
+            rows = jax.tree.map(lambda a: a[keep], rows)
+    x, f, iters, row_evals = out
+    return Solution(x=x, f=f, iterations=iters, evaluations=st.evals, row_evaluations=row_evals)
