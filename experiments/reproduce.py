@@ -26,7 +26,7 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-FULL_RUN_MINUTES = 30  # measured on the 2-core development machine from an empty workdir (29.7 min)
+FULL_RUN_MINUTES = 26  # measured on the 2-core development machine from an empty workdir (26.0 min)
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
