@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 NUM_PIXELS, NUM_CLASSES = 784, 10
 
@@ -54,6 +55,44 @@ class MLP(nn.Module):
         return self.activations(x)[-1]
 
 
+def conv_with_fast_input_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                              dimension_numbers=None, feature_group_count=1, precision=None):
+    """``lax.conv_general_dilated`` (a drop-in for ``nn.Conv(conv_general_dilated=...)``) whose input
+    gradient, for stride-1 "SAME" convolutions with odd kernels, is an ordinary convolution with the
+    spatially flipped, in/out-swapped kernel. Same values; the reason is speed: inside a while loop (the
+    attack's solver) XLA:CPU computes the autodiff input gradient with the kernel in a slow layout — one
+    value-and-grad of ConvNet at batch 16 took 43 ms in a loop vs 8 ms outside (``benchmarks/RESULTS.md``).
+    """
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+
+    def conv(x, k):
+        return lax.conv_general_dilated(x, k, window_strides, padding, lhs_dilation, rhs_dilation, dn,
+                                        feature_group_count, precision=precision)
+
+    spatial = dn.rhs_spec[2:]
+    simple = (padding == "SAME" and all(s == 1 for s in window_strides) and feature_group_count == 1
+              and not any(d not in (None, 1) for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+              and all(rhs.shape[a] % 2 == 1 for a in spatial) and dn.lhs_spec == dn.out_spec)
+    if not simple:
+        return conv(lhs, rhs)
+
+    @jax.custom_vjp
+    def f(x, k):
+        return conv(x, k)
+
+    def fwd(x, k):
+        return conv(x, k), (x, k)
+
+    def bwd(res, g):
+        x, k = res
+        k_t = jnp.swapaxes(jnp.flip(k, spatial), dn.rhs_spec[0], dn.rhs_spec[1])
+        gx = lax.conv_general_dilated(g, k_t, window_strides, padding, None, None, dn, precision=precision)
+        return gx, jax.vjp(lambda k: conv(x, k), k)[1](g)[0]
+
+    f.defvjp(fwd, bwd)
+    return f(lhs, rhs)
+
+
 class ConvNet(nn.Module):
     """A small MNIST conv net (the paper does not give its architecture): conv5x5-16, pool, conv5x5-32,
     pool, dense-128 (the last feature layer, used for unit analysis), dense-10. ReLU throughout.
@@ -62,8 +101,8 @@ class ConvNet(nn.Module):
     num_classes: int = NUM_CLASSES
 
     def setup(self):
-        self.conv_0 = nn.Conv(16, (5, 5), padding="SAME")
-        self.conv_1 = nn.Conv(32, (5, 5), padding="SAME")
+        self.conv_0 = nn.Conv(16, (5, 5), padding="SAME", conv_general_dilated=conv_with_fast_input_grad)
+        self.conv_1 = nn.Conv(32, (5, 5), padding="SAME", conv_general_dilated=conv_with_fast_input_grad)
         self.dense_0 = nn.Dense(128)
         self.dense_1 = nn.Dense(self.num_classes)
 

@@ -41,3 +41,20 @@ def test_public_api_exports():
     import intriguing_jax
     for name in intriguing_jax.__all__:
         assert hasattr(intriguing_jax, name), name
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])  # (2, 2): falls back to lax's own gradient
+def test_conv_with_fast_input_grad_equals_lax(strides):
+    from jax import lax
+
+    from intriguing_jax.models import conv_with_fast_input_grad
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 4))
+    k = jax.random.normal(jax.random.key(1), (5, 5, 4, 6))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, "SAME", dimension_numbers=dn)))
+
+    for a, b in zip(jax.grad(loss(conv_with_fast_input_grad), (0, 1))(x, k),
+                    jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, k)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
