@@ -49,11 +49,9 @@ class _State(NamedTuple):
     g: jax.Array
     s_mem: jax.Array  # [N, m, D]
     y_mem: jax.Array  # [N, m, D]
-    rho: jax.Array  # [N, m] 1 / s·y (0: empty slot)
-    sy: jax.Array  # [N, m, m] s_i·y_j between the stored pairs (slot order)
+    sy: jax.Array  # [N, m, m] s_i·y_j between the stored pairs (slot order; 0 for an empty slot)
     yy: jax.Array  # [N, m, m] y_i·y_j
     ptr: jax.Array  # [N] next slot to write
-    count: jax.Array  # [N] valid pairs
     s_new: jax.Array  # [N, D] the last step's pair, written into the memory at the next iteration
     y_new: jax.Array  # [N, D]   (write-then-read lets XLA update the memory in place, not copy it)
     store: jax.Array  # [N] bool: s_new, y_new are to be stored
@@ -63,8 +61,7 @@ class _State(NamedTuple):
     active: jax.Array  # [N] bool
     iters: jax.Array  # [N]
     row_evals: jax.Array  # [N]
-    evals: jax.Array  # []
-    it: jax.Array  # []
+    it: jax.Array  # [] iterations of the batch, one batched evaluation each
 
 
 class _Rows(NamedTuple):
@@ -86,15 +83,16 @@ def _two_loop(q, sq, yq, st: _State, gamma0):
     the memory (``sq``, ``yq`` [N, m], slot order), two unit-triangular m×m solves for the recursion's
     coefficients (from the pairs' inner products ``sy``, ``yy``, kept up to date as pairs are stored)
     and one combination."""
-    n, m = st.rho.shape
+    n, m = sq.shape
     order = (st.ptr[:, None] - 1 - jnp.arange(m)) % m  # [N, m] slots, newest pair first
     age = lambda a: jnp.take_along_axis(a, order, axis=1)  # noqa: E731
     pairs = lambda a: jnp.take_along_axis(  # noqa: E731
         jnp.take_along_axis(a, order[:, :, None], axis=1), order[:, None, :], axis=2)
-    rho = age(st.rho)  # 0 for empty slots, which then drop out
     sq, yq = age(sq), age(yq)
     sy, yy = pairs(st.sy), pairs(st.yy)  # sy[j, i] = s_j·y_i in age order
-    gamma = jnp.where(st.count > 0, sy[:, 0, 0] / jnp.maximum(yy[:, 0, 0], 1e-30), gamma0)
+    sy_jj = jnp.diagonal(sy, axis1=1, axis2=2)  # > 0 for stored pairs (curvature condition), else 0
+    rho = jnp.where(sy_jj > 0, 1.0 / jnp.where(sy_jj > 0, sy_jj, 1.0), 0.0)  # empty slots drop out
+    gamma = jnp.where(sy_jj[:, 0] > 0, sy[:, 0, 0] / jnp.maximum(yy[:, 0, 0], 1e-30), gamma0)
     # first loop, newest to oldest: a_j = rho_j (s_j·q − Σ_{i newer} a_i s_j·y_i)
     lower = rho[:, :, None] * jnp.tril(sy, -1)
     a = _unit_triangular_solve(lower, rho * sq, lower=True)
@@ -144,24 +142,23 @@ def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax
         return jnp.max(jnp.abs(pg), axis=-1) <= tol
 
     st = _State(x=x0, f=f0, g=g0, s_mem=jnp.zeros((n, history, d), x0.dtype),
-                y_mem=jnp.zeros((n, history, d), x0.dtype), rho=jnp.zeros((n, history), x0.dtype),
+                y_mem=jnp.zeros((n, history, d), x0.dtype),
                 sy=jnp.zeros((n, history, history), x0.dtype), yy=jnp.zeros((n, history, history), x0.dtype),
-                ptr=jnp.zeros((n,), jnp.int32), count=jnp.zeros((n,), jnp.int32),
+                ptr=jnp.zeros((n,), jnp.int32),
                 s_new=jnp.zeros_like(x0), y_new=jnp.zeros_like(x0), store=jnp.zeros((n,), bool),
                 direction=jnp.zeros_like(x0), alpha=jnp.ones((n,), x0.dtype),
                 backtracks=jnp.zeros((n,), jnp.int32), active=~converged(x0, g0, lo, hi),
                 iters=jnp.zeros((n,), jnp.int32), row_evals=jnp.ones((n,), jnp.int32),
-                evals=jnp.ones((), jnp.int32), it=jnp.zeros((), jnp.int32))
+                it=jnp.zeros((), jnp.int32))
 
     def remember(st: _State, q):
         """Stores the pending pairs (slot ``ptr`` of the memory, its row and column of sy, yy) and
-        projects q on the updated memory; one pass over each buffer serves both."""
+        projects q on the updated memory; one pass over each buffer serves both. (1 / s·y, the
+        recursion's rho, is read off the diagonal of sy.)"""
         m = st.x.shape[0]
         slot = jnp.where(st.store, st.ptr, history)  # out of range: not written (mode="drop")
         s_mem = st.s_mem.at[jnp.arange(m), slot].set(st.s_new, mode="drop")
         y_mem = st.y_mem.at[jnp.arange(m), slot].set(st.y_new, mode="drop")
-        sy_new = _dot(st.s_new, st.y_new)
-        rho = st.rho.at[jnp.arange(m), slot].set(1.0 / jnp.where(st.store, sy_new, 1.0), mode="drop")
         s_dots = jnp.einsum("nmd,nkd->nmk", s_mem, jnp.stack([st.y_new, q], axis=1))  # s_i·y_new, s_i·q
         y_dots = jnp.einsum("nmd,nkd->nmk", y_mem, jnp.stack([st.s_new, st.y_new, q], axis=1))
         row = jax.nn.one_hot(slot, history, dtype=bool)  # all False where nothing is stored
@@ -169,9 +166,8 @@ def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax
         sy = jnp.where(row[:, None, :], s_dots[:, :, 0, None], sy)  # sy[i, slot] = s_i·y_new
         yy = jnp.where(row[:, :, None], y_dots[:, None, :, 1], st.yy)
         yy = jnp.where(row[:, None, :], y_dots[:, :, 1, None], yy)
-        st = st._replace(s_mem=s_mem, y_mem=y_mem, rho=rho, sy=sy, yy=yy,
-                         ptr=jnp.where(st.store, (st.ptr + 1) % history, st.ptr),
-                         count=jnp.where(st.store, jnp.minimum(st.count + 1, history), st.count))
+        st = st._replace(s_mem=s_mem, y_mem=y_mem, sy=sy, yy=yy,
+                         ptr=jnp.where(st.store, (st.ptr + 1) % history, st.ptr))
         return st, s_dots[:, :, 1], y_dots[:, :, 2]
 
     def iterate(st: _State, rows: _Rows) -> _State:
@@ -204,7 +200,7 @@ def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax
         gave_up = rejected & (backtracks > ls_steps)
         return st._replace(x=x_new, f=f_new, g=g_new, s_new=s, y_new=y, store=store, direction=direction,
                            alpha=0.5 * alpha, backtracks=backtracks, active=st.active & ~finished & ~gave_up,
-                           iters=iters, row_evals=st.row_evals + 1, evals=st.evals + 1, it=st.it + 1)
+                           iters=iters, row_evals=st.row_evals + 1, it=st.it + 1)
 
     # every row's trials: at most maxiter steps, each with at most ls_steps halvings
     max_evals = maxiter * (ls_steps + 1)
@@ -220,7 +216,7 @@ def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax
         out = tuple(o.at[rows.index].set(v) for o, v in zip(out, (st.x, st.f, st.iters, st.row_evals)))
         if smaller:
             keep = jnp.argsort(~st.active, stable=True)[:smaller]  # every active row, then finished ones
-            st = st._replace(**{f: getattr(st, f)[keep] for f in st._fields if f not in ("evals", "it")})
+            st = st._replace(**{f: getattr(st, f)[keep] for f in st._fields if f != "it"})
             rows = jax.tree.map(lambda a: a[keep], rows)
     x, f, iters, row_evals = out
-    return Solution(x=x, f=f, iterations=iters, evaluations=st.evals, row_evaluations=row_evals)
+    return Solution(x=x, f=f, iterations=iters, evaluations=st.it + 1, row_evaluations=row_evals)

@@ -71,7 +71,7 @@ def conv_with_fast_input_grad(lhs, rhs, window_strides, padding, lhs_dilation=No
 
     spatial = dn.rhs_spec[2:]
     simple = (padding == "SAME" and all(s == 1 for s in window_strides) and feature_group_count == 1
-              and not any(d not in (None, 1) for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+              and all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
               and all(rhs.shape[a] % 2 == 1 for a in spatial) and dn.lhs_spec == dn.out_spec)
     if not simple:
         return conv(lhs, rhs)
