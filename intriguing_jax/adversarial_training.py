@@ -47,7 +47,10 @@ class AdvTrainConfig:
     refresh_count: int = 200  # slots replaced per refresh, per pool
     pool_batch: int = 64  # pool examples per step, per pool
     mix: float = 0.5
-    attack: attacks.AttackConfig = attacks.AttackConfig(c_steps=3, maxiter=20, c_init=1.0)
+    # a short search from c = 1 (bracket by 10, then the log-midpoint; history 10): pools are many and
+    # need not be minimal
+    attack: attacks.AttackConfig = attacks.AttackConfig(c_steps=3, maxiter=20, c_init=1.0, c_factor=10.0,
+                                                        c_search="bisect", history=10, shrink_steps=0)
 
     def __post_init__(self):
         if len(set(self.layers)) != len(self.layers) or any(k < 0 for k in self.layers):

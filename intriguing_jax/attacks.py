@@ -43,41 +43,51 @@ class AttackConfig:
     Attributes:
       box: pixel bounds of valid images.
       penalty: ``"l2_squared"`` (c·‖r‖², smooth, what reimplementations use) or ``"l2"`` (c·‖r‖₂).
-      c_init: first c tried; c_factor: bracketing factor; c_steps: total solves per example
-        (bracketing, then bisection in log space).
+      c_init: first c tried; ``None``: per example, from the loss and its gradient at the clean image
+        (``c_init_scale`` times ‖g‖²/(4·loss), where a linearised model puts the minimiser on the
+        boundary).
+      c_factor: bracketing factor (c is multiplied or divided by it until one success and one failure
+        are seen).
+      c_search: how the bracket is then narrowed: ``"secant"`` (the root of the target's lead,
+        interpolated in log c) or ``"bisect"`` (the log-midpoint).
+      c_steps: solves per example at most; c_rtol: stop an example's search once its bracket satisfies
+        c_fail ≤ c_ok·(1 + c_rtol) (its distortion then changes by about c_rtol at most).
       maxiter: L-BFGS-B iterations per solve; tol: projected-gradient tolerance; ftol: relative
-        decrease below which a solve stops (batched solver; 1e-6 gives the same mean distortion as 1e-7
-        on every paper model with half the evaluations, ``benchmarks/RESULTS.md``); history: the L-BFGS
-        memory size.
-      solver: ``"batched"`` (``intriguing_jax.lbfgsb``: the whole batch advances together, finished
-        examples frozen by masks) or ``"jaxopt"`` (``jaxopt.LBFGSB`` under ``jax.vmap``, the reference).
-      warm_start: start each solve from the best successful perturbation so far (else from r = 0).
+        decrease below which a solve stops; history: the L-BFGS memory size.
+      solver: ``"batched"`` (``intriguing_jax.lbfgsb`` with examples streaming through ``block_size``
+        solver rows) or ``"jaxopt"`` (``jaxopt.LBFGSB`` under ``jax.vmap``, the reference).
+      warm_start: start each solve from the best successful example so far (else from the clean image).
       loss: ``"ce"`` (the paper's cross-entropy toward the target) or ``"margin"``
         (max(max_{j≠t} z_j − z_t + kappa, 0), zero once the target leads by ``kappa``: its minimiser lies
         on the decision boundary, so on a linear model the search recovers the exact minimum).
-      compact_to: as a solve's examples converge, the batched solver gathers the still-active ones into
-        batches of half the size, down to this many rows, so the batch does not keep evaluating finished
-        examples while its slowest ones converge (``None``: never; the results are the same).
-      block_size: attack a large batch as consecutive blocks of this many examples (one compilation;
-        the last block padded). On a CPU, blocks of 32–64 keep each block's L-BFGS memory in cache
-        (``benchmarks/RESULTS.md``). ``None``: the whole batch at once (for accelerators).
+      shrink_steps: after the search, each successful perturbation r is shortened to the smallest
+        s·r (s ∈ (0, 1]) that still reaches the target, by this many bisection steps of s (forward passes
+        only; 12 leave s within 0.025% of the boundary). The cross-entropy minimiser lies past the
+        boundary; this moves it back along the same direction. 0: off (the paper's minimiser as found).
+      block_size: how many examples are solved at once (one batched evaluation of the model serves them
+        all); the others wait and take the place of a finished example at once. ``None``: the backend's
+        default (``default_block_size``: 32 on CPU, where each row's L-BFGS memory stays in cache;
+        8192 on accelerators). Memory is bounded by it, not by the number of examples.
     """
 
     box: tuple[float, float] = (0.0, 1.0)
     penalty: Literal["l2_squared", "l2"] = "l2_squared"
-    c_init: float = 1.0
-    c_factor: float = 10.0
+    c_init: float | None = None
+    c_init_scale: float = 1.0
+    c_factor: float = 3.0
+    c_search: Literal["secant", "bisect"] = "secant"
     c_steps: int = 10
+    c_rtol: float = 3e-2
     maxiter: int = 100
     tol: float = 1e-5
-    ftol: float = 1e-6
-    history: int = 10
+    ftol: float = 1e-5
+    history: int = 5
     solver: Literal["batched", "jaxopt"] = "batched"
     warm_start: bool = True
     block_size: int | None = None
-    compact_to: int | None = 8
     loss: Literal["ce", "margin"] = "ce"
     kappa: float = 1e-3
+    shrink_steps: int = 12
 
     def __post_init__(self):
         lo, hi = self.box
@@ -89,12 +99,16 @@ class AttackConfig:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.loss not in ("ce", "margin") or self.kappa < 0:
             raise ValueError(f"loss must be 'ce' or 'margin' and kappa >= 0, got {self.loss!r}, {self.kappa}")
-        for name in ("block_size", "compact_to"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        if self.c_init <= 0 or self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1:
-            raise ValueError("need c_init > 0, c_factor > 1, c_steps >= 1, maxiter >= 1")
+        if self.c_search not in ("secant", "bisect"):
+            raise ValueError(f"c_search must be 'secant' or 'bisect', got {self.c_search!r}")
+        v = self.block_size
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"block_size must be a positive integer or None, got {v!r}")
+        if (self.c_init is not None and self.c_init <= 0) or self.c_init_scale <= 0:
+            raise ValueError(f"need c_init > 0 (or None) and c_init_scale > 0, got {self.c_init}, "
+                             f"{self.c_init_scale}")
+        if self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1 or self.c_rtol < 0 or self.shrink_steps < 0:
+            raise ValueError("need c_factor > 1, c_steps >= 1, maxiter >= 1, c_rtol >= 0, shrink_steps >= 0")
 
     @classmethod
     def smoke(cls) -> "AttackConfig":
@@ -196,18 +210,34 @@ def _as_partial(logits_fn) -> Partial:
 # ---- objective and solvers -------------------------------------------------------------------
 
 
+def _loss(logits, targets, cfg: "AttackConfig"):
+    """Per-example classification term ``[N]`` toward ``targets``."""
+    if cfg.loss == "ce":
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+    return jax.nn.relu(-_margin(logits, targets) + cfg.kappa)  # zero once the target leads by kappa
+
+
+def _margin(logits, targets):
+    """How far the target logit leads every other one (> 0: the target is predicted)."""
+    z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return z_t - jnp.max(others, axis=1)
+
+
 def _objective(logits_fn, x, targets, const, r, cfg: "AttackConfig"):
     """Per-example objective ``[N]`` for flat ``x, r`` ``[N, D]`` (images reshaped by the caller)."""
-    logits = logits_fn(x + r)
-    if cfg.loss == "ce":
-        loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
-    else:  # margin: zero once the target leads every other logit by kappa
-        z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
-        others = jnp.where(jax.nn.one_hot(targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-        loss = jax.nn.relu(jnp.max(others, axis=1) - z_t + cfg.kappa)
     sq = jnp.sum(r ** 2, axis=1)
     pen = sq if cfg.penalty == "l2_squared" else jnp.sqrt(sq + 1e-12)
-    return const * pen + loss
+    return const * pen + _loss(logits_fn(x + r), targets, cfg)
+
+
+def _penalty(r, const, cfg: "AttackConfig"):
+    """``const · pen(r)`` and its gradient, per row."""
+    sq = jnp.sum(r ** 2, axis=1)
+    if cfg.penalty == "l2_squared":
+        return const * sq, (2 * const)[:, None] * r
+    norm = jnp.sqrt(sq + 1e-12)
+    return const * norm, (const / norm)[:, None] * r
 
 
 def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: AttackConfig):
@@ -233,91 +263,267 @@ def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: AttackConfig):
     return r, jnp.full_like(evals, jnp.max(evals))
 
 
-def _solve_batched(flat_logits, x, targets, const, r0, cfg: AttackConfig):
-    """Batch-native solver: ``intriguing_jax.lbfgsb.minimize`` on the whole batch at once."""
-
-    def value_and_grad(r, aux):
-        def total(r):
-            f = _objective(flat_logits, *aux, r, cfg)
-            return jnp.sum(f), f
-        (_, f), g = jax.value_and_grad(total, has_aux=True)(r)
-        return f, g
-
-    lo, hi = cfg.box
-    sol = lbfgsb.minimize(value_and_grad, r0, lo - x, hi - x, (x, targets, const), maxiter=cfg.maxiter,
-                          history=cfg.history, tol=cfg.tol, ftol=cfg.ftol, min_rows=cfg.compact_to)
-    return sol.x, sol.row_evaluations
+SOLVERS = ("batched", "jaxopt")
 
 
-SOLVERS = {"batched": _solve_batched, "jaxopt": _solve_box_lbfgs}
-
-
-# ---- the attack ------------------------------------------------------------------------------
+# ---- the c search ------------------------------------------------------------------------------
 
 
 class _Search(NamedTuple):
-    c: jax.Array  # next c to try
+    """Per-example state of the search for the largest successful c (all ``[N]`` unless noted)."""
+
+    c: jax.Array  # the c being solved for (then: the next c to try)
     c_ok: jax.Array  # largest successful c (0: none yet)
     c_fail: jax.Array  # smallest failing c (inf: none yet)
-    best_r: jax.Array  # smallest successful perturbation (box-clipped), else the smallest-c attempt
-    best_l2: jax.Array  # its squared norm (inf until a success)
+    m_ok: jax.Array  # the target's lead at c_ok's solution (> 0)
+    m_fail: jax.Array  # ... at c_fail's (<= 0)
+    steps: jax.Array  # solves done
+    best_z: jax.Array  # [N, D] smallest successful example, else the smallest-c attempt
+    best_sq: jax.Array  # its squared distance (inf until a success)
     best_c: jax.Array
-    found: jax.Array  # any verified success
-    evals: jax.Array  # [N] value-and-grad evaluations of each example so far
+    found: jax.Array  # any success
 
 
-def _next_c(c_ok, c_fail, c, factor):
-    return jnp.where(jnp.isinf(c_fail), c * factor,
-                     jnp.where(c_ok == 0, c / factor, jnp.sqrt(c_ok * c_fail)))
+def _new_search(c, x) -> _Search:
+    n = x.shape[0]
+    return _Search(c=c, c_ok=jnp.zeros((n,), x.dtype), c_fail=jnp.full((n,), jnp.inf, x.dtype),
+                   m_ok=jnp.zeros((n,), x.dtype), m_fail=jnp.zeros((n,), x.dtype),
+                   steps=jnp.zeros((n,), jnp.int32), best_z=x, best_sq=jnp.full((n,), jnp.inf, x.dtype),
+                   best_c=jnp.full((n,), jnp.inf, x.dtype), found=jnp.zeros((n,), bool))
+
+
+def _update_search(s: _Search, done, z, sq, margin, cfg: "AttackConfig") -> tuple[_Search, jax.Array, jax.Array]:
+    """Records the solves that ended (``done``) at examples ``z`` (squared distance ``sq``, target lead
+    ``margin``) and picks each one's next c. Returns the new state, which examples improved their best,
+    and which are finished (``c_steps`` solves, or a bracket tight enough: ``c_fail ≤ c_ok·(1 + c_rtol)``).
+
+    Bracketing multiplies (divides) c by ``c_factor`` until one success and one failure are seen; then
+    the next c is the secant root of the target's lead in log c between the two (``c_search="secant"``,
+    kept inside the middle 80% of the bracket), or the log-midpoint (``"bisect"``).
+    """
+    ok = done & (margin > 0)
+    fail = done & ~(margin > 0)
+    better = ok & (sq < s.best_sq)
+    replace = better | (fail & ~s.found & (s.c <= s.best_c))  # before a success: the smallest c tried
+    c_ok = jnp.where(ok, jnp.maximum(s.c_ok, s.c), s.c_ok)
+    c_fail = jnp.where(fail, jnp.minimum(s.c_fail, s.c), s.c_fail)
+    m_ok = jnp.where(ok & (s.c >= s.c_ok), margin, s.m_ok)
+    m_fail = jnp.where(fail & (s.c <= s.c_fail), margin, s.m_fail)
+    lo_c, hi_c = jnp.log(jnp.maximum(c_ok, 1e-30)), jnp.log(jnp.minimum(c_fail, 1e30))
+    if cfg.c_search == "secant":
+        frac = jnp.clip(m_ok / jnp.maximum(m_ok - m_fail, 1e-30), 0.1, 0.9)
+    else:
+        frac = 0.5
+    inner = jnp.exp(lo_c + frac * (hi_c - lo_c))
+    c_next = jnp.where(jnp.isinf(c_fail), s.c * cfg.c_factor, jnp.where(c_ok == 0, s.c / cfg.c_factor, inner))
+    steps = s.steps + done.astype(jnp.int32)
+    tight = c_fail <= c_ok * (1 + cfg.c_rtol)
+    finished = done & ((steps >= cfg.c_steps) | tight)
+    new = _Search(c=jnp.where(done, c_next, s.c), c_ok=c_ok, c_fail=c_fail, m_ok=m_ok, m_fail=m_fail,
+                  steps=steps, best_z=jnp.where(replace[:, None], z, s.best_z),
+                  best_sq=jnp.where(better, sq, s.best_sq), best_c=jnp.where(replace, s.c, s.best_c),
+                  found=s.found | ok)
+    return new, better, finished
+
+
+def _first_c(loss, grad, cfg: "AttackConfig"):
+    """Each example's first c. With ``c_init=None``, from the loss and its gradient at the clean image:
+    linearising the classifier, the boundary is ≈ loss/‖g‖ away and the minimiser of c‖r‖² + loss sits
+    there when c ≈ ‖g‖²/(4·loss) (the gradient halves on the way for cross-entropy); ``c_init_scale``
+    multiplies that estimate (measured, ``benchmarks/RESULTS.md``)."""
+    if cfg.c_init is not None:
+        return jnp.full_like(loss, cfg.c_init)
+    est = jnp.sum(grad ** 2, axis=1) / (4 * jnp.maximum(loss, 1e-6))
+    return jnp.clip(cfg.c_init_scale * est, 1e-6, 1e6)
+
+
+# ---- the attack: examples streaming through a fixed set of solver slots -----------------------------
+
+
+class _Slots(NamedTuple):
+    index: jax.Array  # [B] the example in each slot (N: empty)
+    x: jax.Array  # [B, D] its clean image
+    target: jax.Array  # [B]
+    fresh: jax.Array  # [B] just loaded: the next evaluation is at the clean image
+    solving: jax.Array  # [B] a solve for the current c is under way (or just ended)
+    solver: lbfgsb.State  # over the adversarial image z itself (bounds: the box)
+    search: _Search
+    margin: jax.Array  # [B] the target's lead at the solver's current point
+    base: tuple  # (loss [B], grad [B, D], margin [B]) at the clean image
+    best: tuple  # (loss, grad, margin) at search.best_z, for warm starts without an evaluation
+    evals: jax.Array  # [B] evaluations spent on the example so far
+
+
+def _evaluate(flat_logits, z, targets, cfg):
+    """(loss [B], its gradient [B, D], the target's lead [B]) at ``z``: one batched value-and-grad."""
+    def total(z):
+        logits = flat_logits(z)
+        loss = _loss(logits, targets, cfg)
+        return jnp.sum(loss), (loss, _margin(logits, targets))
+    (_, (loss, margin)), grad = jax.value_and_grad(total, has_aux=True)(z)
+    return loss, grad, margin
+
+
+def _load(images, targets, index, n):
+    """The clean images and targets of slots ``index`` (empty slots get a copy of example 0)."""
+    safe = jnp.minimum(index, n - 1)
+    return images[safe], targets[safe]
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
+def _attack_streaming(logits_fn: Partial, images, targets, shape, cfg: AttackConfig, slots: int) -> AttackResult:
+    """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
+    example's slot takes the next waiting example at once, so every batched evaluation serves an
+    example still being solved (until the queue runs dry). One while loop: one compilation of one
+    evaluation of the model, whatever the number of c steps."""
+    n, d = images.shape
+    lo, hi = cfg.box
+    opts = lbfgsb.Options(maxiter=cfg.maxiter, tol=cfg.tol, ftol=cfg.ftol)
+
+    def flat_logits(z):
+        return logits_fn(z.reshape((z.shape[0],) + shape))
+
+    def empty_slots(index):
+        x, t = _load(images, targets, index, n)
+        zeros = jnp.zeros((slots,), x.dtype)
+        return _Slots(index=index, x=x, target=t, fresh=index < n, solving=jnp.zeros((slots,), bool),
+                      solver=lbfgsb.init_rows(x, zeros, jnp.zeros_like(x), lo, hi, history=cfg.history,
+                                              tol=jnp.inf),
+                      search=_new_search(zeros, x), margin=zeros, base=(zeros, jnp.zeros_like(x), zeros),
+                      best=(zeros, jnp.zeros_like(x), zeros), evals=jnp.zeros((slots,), jnp.int32))
+
+    def tick(carry):
+        sl, out, queued = carry
+        solver, zt = lbfgsb.propose(sl.solver, lo, hi)
+        loss, grad, margin = _evaluate(flat_logits, jnp.where(sl.fresh[:, None], sl.x, zt), sl.target, cfg)
+        evals = sl.evals + (sl.index < n)
+        # the solving rows' trial
+        pen, pen_grad = _penalty(zt - sl.x, sl.search.c, cfg)
+        solver, took = lbfgsb.accept(solver, zt, loss + pen, grad + pen_grad, lo, hi, opts)
+        cur_margin = jnp.where(took, margin, sl.margin)
+        done = sl.solving & ~solver.active
+        r = solver.x - sl.x
+        search, better, finished = _update_search(sl.search, done, solver.x, jnp.sum(r ** 2, axis=1),
+                                                  cur_margin, cfg)
+        pen, pen_grad = _penalty(r, sl.search.c, cfg)
+        best = tuple(jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), v, a) for a, v in
+                     zip(sl.best, (solver.f - pen, solver.g - pen_grad, cur_margin)))
+        # freshly loaded rows: their clean image was evaluated; start their first solve (or finish)
+        trivial = sl.fresh & (margin > 0)
+        start = sl.fresh & ~trivial
+        base = tuple(jnp.where(start.reshape((-1,) + (1,) * (a.ndim - 1)), v, a)
+                     for a, v in zip(sl.base, (loss, grad, margin)))
+        c = jnp.where(start, _first_c(loss, grad, cfg), search.c)
+        search = search._replace(c=c)
+        # rows starting a solve: from the best success so far (warm) or the clean image; their value
+        # and gradient there follow from the stored loss terms, no evaluation needed
+        again = done & ~finished
+        warm = again & search.found if cfg.warm_start else jnp.zeros_like(again)
+        w2 = warm[:, None]
+        z0 = jnp.where(w2, search.best_z, sl.x)
+        l0, g0, m0 = (jnp.where(warm.reshape((-1,) + (1,) * (a.ndim - 1)), b, a) for a, b in zip(base, best))
+        pen, pen_grad = _penalty(z0 - sl.x, c, cfg)
+        restart = again | start
+        solver = lbfgsb.restart_rows(solver, restart, z0, l0 + pen, g0 + pen_grad, lo, hi, tol=cfg.tol)
+        cur_margin = jnp.where(restart, m0, cur_margin)
+        solving = (sl.solving & ~finished) | start
+        # finished examples leave their results and make room for the next ones
+        leave = finished | trivial
+        dest = jnp.where(leave, sl.index, n)
+        out_z, out_c, out_evals = out
+        out = (out_z.at[dest].set(jnp.where(trivial[:, None], sl.x, search.best_z), mode="drop"),
+               out_c.at[dest].set(jnp.where(trivial, jnp.inf, search.best_c), mode="drop"),
+               out_evals.at[dest].set(evals, mode="drop"))
+        rank = jnp.cumsum(leave) - 1
+        index = jnp.where(leave, jnp.minimum(queued + rank, n), sl.index)
+        queued = queued + jnp.sum(leave)
+        new = empty_slots(index)
+        keep = lambda a, b: jnp.where(leave.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)  # noqa: E731
+        sl = _Slots(index=index, x=keep(sl.x, new.x), target=keep(sl.target, new.target),
+                    fresh=leave & (index < n), solving=solving & ~leave, solver=solver,
+                    search=jax.tree.map(keep, search, new.search), margin=cur_margin, base=base,
+                    best=best, evals=jnp.where(leave, 0, evals))
+        return sl, out, queued
+
+    out = (images, jnp.full((n,), jnp.inf, images.dtype), jnp.zeros((n,), jnp.int32))
+    carry = (empty_slots(jnp.arange(slots)), out, jnp.asarray(slots, jnp.int32))
+    _, (z, c, evals), _ = jax.lax.while_loop(lambda cr: jnp.any(cr[0].index < n), tick, carry)
+    return _result(flat_logits, images, targets, z, c, evals, shape, cfg, slots)
+
+
+def _result(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> AttackResult:
+    """The result, with each successful perturbation shortened back to the decision boundary (bisection
+    of its length, ``shrink_steps`` forward passes) and every example re-verified on the exact returned
+    image. Forward passes run in blocks of ``block`` rows (memory bounded by the block)."""
+    n, d = x.shape
+    lo, hi = cfg.box
+    size = -(-n // block) * block
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])  # noqa: E731
+    blocks = lambda a: pad(a).reshape((-1, block) + a.shape[1:])  # noqa: E731
+
+    def finish(args):
+        xb, zb, tb = args
+        r = jnp.clip(zb, lo, hi) - xb
+        hits = lambda s: jnp.argmax(flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi)), -1) == tb  # noqa: E731
+
+        def halve(_, bounds):  # the largest failing and the smallest successful length so far
+            short, long = bounds
+            mid = 0.5 * (short + long)
+            ok = hits(mid)
+            return jnp.where(ok, short, mid), jnp.where(ok, mid, long)
+
+        ones = jnp.ones((xb.shape[0],), xb.dtype)
+        _, scale = jax.lax.fori_loop(0, cfg.shrink_steps, halve, (0.0 * ones, ones))
+        shrunk = jnp.clip(xb + scale[:, None] * r, lo, hi)
+        pred_shrunk = jnp.argmax(flat_logits(shrunk), -1)
+        full = xb + r
+        pred_full = jnp.argmax(flat_logits(full), -1)
+        use = (pred_shrunk == tb) | (pred_full != tb)
+        return jnp.where(use[:, None], shrunk, full), jnp.where(use, pred_shrunk, pred_full)
+
+    x_adv, pred = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
+    x_adv, pred = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n]
+    r = x_adv - x
+    return AttackResult(
+        adversarial=x_adv.reshape((n,) + shape), success=pred == targets,
+        l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
+        distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)), c=c, target=targets, prediction=pred,
+        grad_evals=evals)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "cfg"))
-def _attack_core(logits_fn: Partial, x, targets, shape, cfg: AttackConfig) -> AttackResult:
+def _attack_lockstep(logits_fn: Partial, x, targets, shape, cfg: AttackConfig) -> AttackResult:
+    """The reference: every c step solves the whole batch with ``jaxopt.LBFGSB`` under ``vmap``."""
     n = x.shape[0]
     lo, hi = cfg.box
 
     def flat_logits(z):
         return logits_fn(z.reshape((z.shape[0],) + shape))
 
-    def predict(z):
-        return jnp.argmax(flat_logits(z), axis=-1)
+    logits0 = flat_logits(x)
+    trivial = _margin(logits0, targets) > 0
+    c0 = _first_c(_loss(logits0, targets, cfg),
+                  jax.grad(lambda z: jnp.sum(_loss(flat_logits(z), targets, cfg)))(x), cfg)
 
-    trivial = predict(x) == targets
-    solve = SOLVERS[cfg.solver]
+    def step(carry, _):
+        s, evals = carry
+        r0 = jnp.where(s.found[:, None], s.best_z - x, 0.0) if cfg.warm_start else jnp.zeros_like(x)
+        r, e = _solve_box_lbfgs(flat_logits, x, targets, s.c, r0, cfg)
+        z = jnp.clip(x + r, lo, hi)  # solvers may step slightly outside the box
+        s, _, _ = _update_search(s, jnp.ones((n,), bool), z, jnp.sum((z - x) ** 2, axis=1),
+                                 _margin(flat_logits(z), targets), cfg)
+        return (s, evals + e), None
 
-    def step(s: _Search, _):
-        r0 = jnp.where(s.found[:, None], s.best_r, 0.0) if cfg.warm_start else jnp.zeros_like(x)
-        r, evals = solve(flat_logits, x, targets, s.c, r0, cfg)
-        r = jnp.clip(x + r, lo, hi) - x  # solvers may step slightly outside the box
-        ok = predict(x + r) == targets
-        sq = jnp.sum(r ** 2, axis=1)
-        better = ok & (sq < s.best_l2)
-        # before any success, keep the attempt with the smallest c (the closest to succeeding)
-        replace = better | (~s.found & ~ok & (s.c <= s.best_c))
-        c_ok = jnp.where(ok, jnp.maximum(s.c_ok, s.c), s.c_ok)
-        c_fail = jnp.where(ok, s.c_fail, jnp.minimum(s.c_fail, s.c))
-        return _Search(
-            c=_next_c(c_ok, c_fail, s.c, cfg.c_factor), c_ok=c_ok, c_fail=c_fail,
-            best_r=jnp.where(replace[:, None], r, s.best_r),
-            best_l2=jnp.where(better, sq, s.best_l2),
-            best_c=jnp.where(replace, s.c, s.best_c),
-            found=s.found | ok, evals=s.evals + evals), None
+    (s, evals), _ = jax.lax.scan(step, (_new_search(c0, x), jnp.zeros((n,), jnp.int32)), None,
+                                 length=cfg.c_steps)
+    z = jnp.where(trivial[:, None], x, s.best_z)
+    return _result(flat_logits, x, targets, z, jnp.where(trivial, jnp.inf, s.best_c), evals, shape, cfg, n)
 
-    init = _Search(c=jnp.full((n,), cfg.c_init, x.dtype), c_ok=jnp.zeros((n,), x.dtype),
-                   c_fail=jnp.full((n,), jnp.inf, x.dtype), best_r=jnp.zeros_like(x),
-                   best_l2=jnp.full((n,), jnp.inf, x.dtype), best_c=jnp.full((n,), jnp.inf, x.dtype),
-                   found=jnp.zeros((n,), bool), evals=jnp.zeros((n,), jnp.int32))
-    s, _ = jax.lax.scan(step, init, None, length=cfg.c_steps)
-    r = jnp.where(trivial[:, None], 0.0, s.best_r)
-    x_adv = jnp.clip(x + r, lo, hi)
-    r = x_adv - x
-    pred = predict(x_adv)  # final re-verification on the exact returned images
-    return AttackResult(
-        adversarial=x_adv.reshape((n,) + shape), success=pred == targets,
-        l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
-        distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)),
-        c=jnp.where(trivial, jnp.inf, s.best_c), target=targets, prediction=pred,
-        grad_evals=s.evals)
+
+def default_block_size(backend: str | None = None) -> int:
+    """Examples solved at once when ``AttackConfig.block_size`` is None: 32 on CPU (the rows' L-BFGS
+    memory stays in cache, ``benchmarks/RESULTS.md``), 8192 on accelerators."""
+    return 32 if (backend or jax.default_backend()) == "cpu" else 8192
 
 
 def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
@@ -348,14 +554,10 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     shape = tuple(images.shape[1:])
     flat = images.reshape(images.shape[0], -1)
     targets = jnp.asarray(targets, jnp.int32)
-    n, b = flat.shape[0], cfg.block_size
-    if b is None or n <= b:
-        return _attack_core(_as_partial(logits_fn), flat, targets, shape, cfg)
-    size = -(-n // b) * b  # every block has the compiled shape
-    flat, targets = pad_rows(flat, size), pad_rows(targets, size)
-    parts = [_attack_core(_as_partial(logits_fn), flat[i:i + b], targets[i:i + b], shape, cfg)
-             for i in range(0, size, b)]
-    return AttackResult(*(jnp.concatenate(f)[:n] for f in zip(*parts)))
+    if cfg.solver == "jaxopt":
+        return _attack_lockstep(_as_partial(logits_fn), flat, targets, shape, cfg)
+    slots = min(cfg.block_size or default_block_size(), flat.shape[0])
+    return _attack_streaming(_as_partial(logits_fn), flat, targets, shape, cfg, slots)
 
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,

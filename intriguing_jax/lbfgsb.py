@@ -43,7 +43,9 @@ class Solution(NamedTuple):
     row_evaluations: jax.Array  # [N] evaluations of each row (a finished row riding along counts)
 
 
-class _State(NamedTuple):
+class State(NamedTuple):
+    """Per-row solver state (batch-first arrays; ``it`` counts the batch's evaluations)."""
+
     x: jax.Array
     f: jax.Array
     g: jax.Array
@@ -77,7 +79,7 @@ def _dot(a, b):
     return jnp.sum(a * b, axis=-1)
 
 
-def _two_loop(q, sq, yq, st: _State, gamma0):
+def _two_loop(q, sq, yq, st: State, gamma0):
     """H·q for each example from its own memory: the L-BFGS two-loop recursion written as batched
     small-matrix algebra. Its 2m sequential dot/axpy passes over [N, D] become the projections of q on
     the memory (``sq``, ``yq`` [N, m], slot order), two unit-triangular m×m solves for the recursion's
@@ -122,85 +124,158 @@ def _sizes(n: int, min_rows: int | None) -> list[int]:
     return sizes
 
 
+class Options(NamedTuple):
+    """Stopping and line-search settings shared by every row (see ``minimize``)."""
+
+    maxiter: int = 100
+    tol: float = 1e-5
+    ftol: float = 1e-7
+    ls_steps: int = 10
+    armijo: float = 1e-4
+
+
+def _converged(x, g, lo, hi, tol):
+    pg = jnp.clip(x - g, lo, hi) - x
+    return jnp.max(jnp.abs(pg), axis=-1) <= tol
+
+
+def init_rows(x0: jax.Array, f0: jax.Array, g0: jax.Array, lo, hi, *, history: int = 10,
+              tol: float = 1e-5) -> State:
+    """Solver state for rows starting at ``x0`` (inside ``[lo, hi]``) with values ``f0`` and gradients
+    ``g0`` there; a row whose projected gradient is already below ``tol`` starts inactive."""
+    n, d = x0.shape
+    return State(x=x0, f=f0, g=g0, s_mem=jnp.zeros((n, history, d), x0.dtype),
+                  y_mem=jnp.zeros((n, history, d), x0.dtype),
+                  sy=jnp.zeros((n, history, history), x0.dtype), yy=jnp.zeros((n, history, history), x0.dtype),
+                  ptr=jnp.zeros((n,), jnp.int32),
+                  s_new=jnp.zeros_like(x0), y_new=jnp.zeros_like(x0), store=jnp.zeros((n,), bool),
+                  direction=jnp.zeros_like(x0), alpha=jnp.ones((n,), x0.dtype),
+                  backtracks=jnp.zeros((n,), jnp.int32), active=~_converged(x0, g0, lo, hi, tol),
+                  iters=jnp.zeros((n,), jnp.int32), row_evals=jnp.ones((n,), jnp.int32),
+                  it=jnp.zeros((), jnp.int32))
+
+
+def restart_rows(st: State, mask: jax.Array, x0, f0, g0, lo, hi, *, tol: float = 1e-5) -> State:
+    """Rows where ``mask`` start a new problem at ``x0`` (values ``f0``, gradients ``g0``) with an empty
+    memory; the other rows are unchanged. The memory's contents are not cleared: a slot whose inner
+    products in ``sy``/``yy`` are zero takes no part in the recursion."""
+    m2, m1 = mask[:, None], mask[:, None, None]
+    return st._replace(
+        x=jnp.where(m2, x0, st.x), f=jnp.where(mask, f0, st.f), g=jnp.where(m2, g0, st.g),
+        sy=jnp.where(m1, 0.0, st.sy), yy=jnp.where(m1, 0.0, st.yy), ptr=jnp.where(mask, 0, st.ptr),
+        store=st.store & ~mask, alpha=jnp.where(mask, 1.0, st.alpha),
+        backtracks=jnp.where(mask, 0, st.backtracks),
+        active=jnp.where(mask, ~_converged(x0, g0, lo, hi, tol), st.active),
+        iters=jnp.where(mask, 0, st.iters), row_evals=jnp.where(mask, 0, st.row_evals))
+
+
+def _remember(st: State, q):
+    """Stores the pending pairs (slot ``ptr`` of the memory, its row and column of sy, yy) and projects
+    q on the updated memory; one pass over each buffer serves both. (1 / s·y, the recursion's rho, is
+    read off the diagonal of sy.)"""
+    m, history = st.x.shape[0], st.s_mem.shape[1]
+    slot = jnp.where(st.store, st.ptr, history)  # out of range: not written (mode="drop")
+    s_mem = st.s_mem.at[jnp.arange(m), slot].set(st.s_new, mode="drop")
+    y_mem = st.y_mem.at[jnp.arange(m), slot].set(st.y_new, mode="drop")
+    # one matrix-vector product per vector: on XLA:CPU several times faster than one product with a
+    # [D, 2] or [D, 3] right-hand side (benchmarks/RESULTS.md)
+    s_dots = jnp.stack([jnp.einsum("nmd,nd->nm", s_mem, v) for v in (st.y_new, q)], axis=-1)  # s_i·y_new, s_i·q
+    y_dots = jnp.stack([jnp.einsum("nmd,nd->nm", y_mem, v) for v in (st.s_new, st.y_new, q)], axis=-1)
+    row = jax.nn.one_hot(slot, history, dtype=bool)  # all False where nothing is stored
+    sy = jnp.where(row[:, :, None], y_dots[:, None, :, 0], st.sy)  # sy[slot, j] = s_new·y_j
+    sy = jnp.where(row[:, None, :], s_dots[:, :, 0, None], sy)  # sy[i, slot] = s_i·y_new
+    yy = jnp.where(row[:, :, None], y_dots[:, None, :, 1], st.yy)
+    yy = jnp.where(row[:, None, :], y_dots[:, :, 1, None], yy)
+    st = st._replace(s_mem=s_mem, y_mem=y_mem, sy=sy, yy=yy,
+                     ptr=jnp.where(st.store, (st.ptr + 1) % history, st.ptr))
+    return st, s_dots[:, :, 1], y_dots[:, :, 2]
+
+
+def propose(st: State, lo, hi) -> tuple[State, jax.Array]:
+    """The next trial point of every row: a new quasi-Newton step where the last one was accepted, the
+    halved step along the same direction where it was rejected. Inactive rows get a point too (ignored
+    by ``accept``)."""
+    x, g = st.x, st.g
+    binding = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
+    g_free = jnp.where(binding, 0.0, g)
+    gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(g_free, axis=-1), 1e-12)
+    st, sq, yq = _remember(st, g_free)
+    fresh = -jnp.where(binding, 0.0, _two_loop(g_free, sq, yq, st, gamma0))
+    fresh = jnp.where((_dot(fresh, g) < 0)[:, None], fresh, -gamma0[:, None] * g_free)
+    backtracking = st.backtracks > 0
+    direction = jnp.where(backtracking[:, None], st.direction, fresh)
+    alpha = jnp.where(backtracking, st.alpha, 1.0)
+    xt = jnp.clip(x + alpha[:, None] * direction, lo, hi)
+    return st._replace(direction=direction, alpha=alpha), xt
+
+
+def accept(st: State, xt, ft, gt, lo, hi, opts: Options = Options()) -> tuple[State, jax.Array]:
+    """Takes each active row's trial ``xt`` (values ``ft``, gradients ``gt``) if it passes the Armijo
+    test, else halves its step for the next ``propose``. Returns the new state and which rows moved
+    to ``xt``; rows that converge, reach ``maxiter`` or cannot make progress become inactive."""
+    x, f, g = st.x, st.f, st.g
+    ok = jnp.isfinite(ft) & (ft <= f + opts.armijo * _dot(g, xt - x))
+    take = st.active & ok
+    rejected = st.active & ~ok
+    x_new = jnp.where(take[:, None], xt, x)
+    f_new = jnp.where(take, ft, f)
+    g_new = jnp.where(take[:, None], gt, g)
+    s, y = x_new - x, g_new - g
+    store = take & (_dot(s, y) > 1e-10 * jnp.maximum(_dot(y, y), 1e-30))
+    small_change = (f - f_new) <= opts.ftol * jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(f_new)), 1.0)
+    iters = st.iters + take.astype(jnp.int32)
+    backtracks = jnp.where(rejected, st.backtracks + 1, 0)
+    finished = take & (small_change | _converged(x_new, g_new, lo, hi, opts.tol) | (iters >= opts.maxiter))
+    gave_up = rejected & (backtracks > opts.ls_steps)
+    return st._replace(x=x_new, f=f_new, g=g_new, s_new=s, y_new=y, store=store, alpha=0.5 * st.alpha,
+                       backtracks=backtracks, active=st.active & ~finished & ~gave_up, iters=iters,
+                       row_evals=st.row_evals + 1, it=st.it + 1), take
+
+
 def minimize(value_and_grad: ValueAndGrad, x0: jax.Array, lo: jax.Array, hi: jax.Array, aux: Any = None,
              *, maxiter: int = 100, history: int = 10, tol: float = 1e-5, ftol: float = 1e-7,
              ls_steps: int = 10, armijo: float = 1e-4, min_rows: int | None = None) -> Solution:
-    """Minimises each row's objective over its box.
+    """Minimises N independent box-constrained problems together, one batched evaluation per iteration.
 
-    ``value_and_grad(x, aux) -> (f [M], g [M, D])`` must be row-separable: row i of f and g depends only
-    on row i of x and of ``aux`` (a pytree of per-row arrays ``[N, ...]``, gathered with the rows when
-    the batch is compacted). ``min_rows``: compact the still-active rows into half-size batches down to
-    this many rows (None: never).
+    A general batched L-BFGS-B: each row ``i`` minimises its own ``f_i(x_i)`` over ``lo_i <= x_i <= hi_i``
+    with its own memory, line search and stopping test, so a row's path does not depend on its
+    batch-mates. Usable under ``jax.jit`` (every size is static) and with any row-separable objective.
+
+    Args:
+      value_and_grad: ``(x [M, D], aux) -> (f [M], g [M, D])``, row-separable: row i of f and g depends
+        only on row i of x and of ``aux``.
+      x0: ``[N, D]`` starting points (clipped into the box).
+      lo, hi: bounds, broadcastable to ``[N, D]`` (scalars, per-coordinate or per-row).
+      aux: a pytree of per-row arrays ``[N, ...]`` passed to ``value_and_grad`` (gathered with the rows
+        when the batch is compacted).
+      maxiter: accepted steps per row at most.
+      history: L-BFGS memory (pairs kept per row).
+      tol: stop a row when its projected gradient's max-norm is below this.
+      ftol: stop a row when the relative decrease of f falls below this (scipy's ``factr · eps``).
+      ls_steps: halvings of the step before a row gives up.
+      armijo: sufficient-decrease constant of the line search.
+      min_rows: compact the still-active rows into half-size batches down to this many rows (None:
+        never). Changes the work, not the answer.
+
+    Returns:
+      ``Solution`` with the rows' final points (inside the box), values, accepted steps and evaluations.
+
+    References:
+      Byrd, Lu, Nocedal, Zhu (1995), A limited memory algorithm for bound constrained optimization;
+      Nocedal & Wright (2006), Numerical Optimization, Alg. 7.4 (two-loop recursion) and Sec. 16.7
+      (gradient projection).
     """
+    opts = Options(maxiter=maxiter, tol=tol, ftol=ftol, ls_steps=ls_steps, armijo=armijo)
     n, d = x0.shape
     lo, hi = jnp.broadcast_to(lo, x0.shape), jnp.broadcast_to(hi, x0.shape)
     x0 = jnp.clip(x0, lo, hi)
     f0, g0 = value_and_grad(x0, aux)
+    st = init_rows(x0, f0, g0, lo, hi, history=history, tol=tol)
 
-    def converged(x, g, lo, hi):
-        pg = jnp.clip(x - g, lo, hi) - x
-        return jnp.max(jnp.abs(pg), axis=-1) <= tol
-
-    st = _State(x=x0, f=f0, g=g0, s_mem=jnp.zeros((n, history, d), x0.dtype),
-                y_mem=jnp.zeros((n, history, d), x0.dtype),
-                sy=jnp.zeros((n, history, history), x0.dtype), yy=jnp.zeros((n, history, history), x0.dtype),
-                ptr=jnp.zeros((n,), jnp.int32),
-                s_new=jnp.zeros_like(x0), y_new=jnp.zeros_like(x0), store=jnp.zeros((n,), bool),
-                direction=jnp.zeros_like(x0), alpha=jnp.ones((n,), x0.dtype),
-                backtracks=jnp.zeros((n,), jnp.int32), active=~converged(x0, g0, lo, hi),
-                iters=jnp.zeros((n,), jnp.int32), row_evals=jnp.ones((n,), jnp.int32),
-                it=jnp.zeros((), jnp.int32))
-
-    def remember(st: _State, q):
-        """Stores the pending pairs (slot ``ptr`` of the memory, its row and column of sy, yy) and
-        projects q on the updated memory; one pass over each buffer serves both. (1 / s·y, the
-        recursion's rho, is read off the diagonal of sy.)"""
-        m = st.x.shape[0]
-        slot = jnp.where(st.store, st.ptr, history)  # out of range: not written (mode="drop")
-        s_mem = st.s_mem.at[jnp.arange(m), slot].set(st.s_new, mode="drop")
-        y_mem = st.y_mem.at[jnp.arange(m), slot].set(st.y_new, mode="drop")
-        s_dots = jnp.einsum("nmd,nkd->nmk", s_mem, jnp.stack([st.y_new, q], axis=1))  # s_i·y_new, s_i·q
-        y_dots = jnp.einsum("nmd,nkd->nmk", y_mem, jnp.stack([st.s_new, st.y_new, q], axis=1))
-        row = jax.nn.one_hot(slot, history, dtype=bool)  # all False where nothing is stored
-        sy = jnp.where(row[:, :, None], y_dots[:, None, :, 0], st.sy)  # sy[slot, j] = s_new·y_j
-        sy = jnp.where(row[:, None, :], s_dots[:, :, 0, None], sy)  # sy[i, slot] = s_i·y_new
-        yy = jnp.where(row[:, :, None], y_dots[:, None, :, 1], st.yy)
-        yy = jnp.where(row[:, None, :], y_dots[:, :, 1, None], yy)
-        st = st._replace(s_mem=s_mem, y_mem=y_mem, sy=sy, yy=yy,
-                         ptr=jnp.where(st.store, (st.ptr + 1) % history, st.ptr))
-        return st, s_dots[:, :, 1], y_dots[:, :, 2]
-
-    def iterate(st: _State, rows: _Rows) -> _State:
-        x, f, g, lo, hi = st.x, st.f, st.g, rows.lo, rows.hi
-        # a new quasi-Newton direction, for the rows that start a step
-        binding = ((x <= lo) & (g > 0)) | ((x >= hi) & (g < 0))
-        g_free = jnp.where(binding, 0.0, g)
-        gamma0 = 1.0 / jnp.maximum(jnp.linalg.norm(g_free, axis=-1), 1e-12)
-        st, sq, yq = remember(st, g_free)
-        fresh = -jnp.where(binding, 0.0, _two_loop(g_free, sq, yq, st, gamma0))
-        fresh = jnp.where((_dot(fresh, g) < 0)[:, None], fresh, -gamma0[:, None] * g_free)
-        backtracking = st.backtracks > 0
-        direction = jnp.where(backtracking[:, None], st.direction, fresh)
-        alpha = jnp.where(backtracking, st.alpha, 1.0)
-        # one trial per row
-        xt = jnp.clip(x + alpha[:, None] * direction, lo, hi)
+    def iterate(st: State, rows: _Rows) -> State:
+        st, xt = propose(st, rows.lo, rows.hi)
         ft, gt = value_and_grad(xt, rows.aux)
-        ok = jnp.isfinite(ft) & (ft <= f + armijo * _dot(g, xt - x))
-        take = st.active & ok
-        rejected = st.active & ~ok
-        x_new = jnp.where(take[:, None], xt, x)
-        f_new = jnp.where(take, ft, f)
-        g_new = jnp.where(take[:, None], gt, g)
-        s, y = x_new - x, g_new - g
-        store = take & (_dot(s, y) > 1e-10 * jnp.maximum(_dot(y, y), 1e-30))
-        small_change = (f - f_new) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(f_new)), 1.0)
-        iters = st.iters + take.astype(jnp.int32)
-        backtracks = jnp.where(rejected, st.backtracks + 1, 0)
-        finished = take & (small_change | converged(x_new, g_new, lo, hi) | (iters >= maxiter))
-        gave_up = rejected & (backtracks > ls_steps)
-        return st._replace(x=x_new, f=f_new, g=g_new, s_new=s, y_new=y, store=store, direction=direction,
-                           alpha=0.5 * alpha, backtracks=backtracks, active=st.active & ~finished & ~gave_up,
-                           iters=iters, row_evals=st.row_evals + 1, it=st.it + 1)
+        return accept(st, xt, ft, gt, rows.lo, rows.hi, opts)[0]
 
     # every row's trials: at most maxiter steps, each with at most ls_steps halvings
     max_evals = maxiter * (ls_steps + 1)

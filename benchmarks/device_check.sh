@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The accelerator check, for a machine with an NVIDIA GPU and JAX (CUDA) preinstalled, no downloads.
+# Carry .device (made by `python -m benchmarks.device_check --prepare .device` on a CPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=${DEVICE_DIR:-.device}
+python -c "import jaxopt" 2>/dev/null || pip install --no-deps --no-index -q "$DEV"/wheels/jaxopt-*.whl
+python -c "import flax, optax" || { echo "flax/optax missing on this machine"; exit 1; }
+pip install --no-deps --no-build-isolation -q -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+export INTRIGUING_JAX_DATA="$DEV"
+timeout 470 python -m benchmarks.device_check --check "$DEV"
