@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator check, for a machine with an NVIDIA GPU and JAX (CUDA) preinstalled, no downloads.
 # Carry .device (made by `python -m benchmarks.device_check --prepare .device` on a CPU machine).
+# A dry run on a CPU: bash benchmarks/device_check.sh --batches 64 --sweep-images 20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=${DEVICE_DIR:-.device}
@@ -9,4 +10,4 @@ python -c "import flax, optax" || { echo "flax/optax missing on this machine"; e
 pip install --no-deps --no-build-isolation -q -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 export INTRIGUING_JAX_DATA="$DEV"
-timeout 470 python -m benchmarks.device_check --check "$DEV"
+timeout 470 python -m benchmarks.device_check --check "$DEV" "$@"

@@ -4,7 +4,8 @@
     # several hosts (shared --out directory), one command per host:
     python -m experiments.sweep ... --coordinator HOST0:12355 --num-processes 2 --process-id I
 
-Each shard runs over all local devices (shard_map over a 1-D mesh); with --num-processes, shard g is
+Each shard runs over all local devices (shard_map over a 1-D mesh; on a CPU host, one device per core:
+--cpu-devices); with --num-processes, shard g is
 done by process g mod P and process 0 assembles. Finished shards are checksummed files under
 --out/<spec hash>/; rerunning the same command skips them (kill it any time). Writes
 results/sweep_<spec hash>.json (success rate and distortion per model and config).
@@ -13,6 +14,7 @@ results/sweep_<spec hash>.json (success rate and distortion per model and config
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -37,7 +39,11 @@ def main(argv=None):
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--cpu-devices", type=int, default=len(os.sched_getaffinity(0)),
+                   help="on a CPU host: one JAX device per core, each attacking its own block (results do "
+                        "not depend on the count); ignored when an accelerator is the default backend")
     args = p.parse_args(argv)
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any backend starts
     if args.num_processes > 1:
         if jax.default_backend() == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
