@@ -464,22 +464,25 @@ def _result(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> AttackRe
     def finish(args):
         xb, zb, tb = args
         r = jnp.clip(zb, lo, hi) - xb
-        hits = lambda s: jnp.argmax(flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi)), -1) == tb  # noqa: E731
-
-        def halve(_, bounds):  # the largest failing and the smallest successful length so far
-            short, long = bounds
-            mid = 0.5 * (short + long)
-            ok = hits(mid)
-            return jnp.where(ok, short, mid), jnp.where(ok, mid, long)
-
         ones = jnp.ones((xb.shape[0],), xb.dtype)
-        _, scale = jax.lax.fori_loop(0, cfg.shrink_steps, halve, (0.0 * ones, ones))
-        shrunk = jnp.clip(xb + scale[:, None] * r, lo, hi)
-        pred_shrunk = jnp.argmax(flat_logits(shrunk), -1)
-        full = xb + r
-        pred_full = jnp.argmax(flat_logits(full), -1)
-        use = (pred_shrunk == tb) | (pred_full != tb)
-        return jnp.where(use[:, None], shrunk, full), jnp.where(use, pred_shrunk, pred_full)
+
+        def probe(i, state):
+            # i = 0 checks the perturbation as found (and gives a failure its prediction); each later
+            # step halves the bracket [short, long] of lengths with long always verified to succeed
+            short, long, first_ok, first_pred = state
+            s = jnp.where(i == 0, ones, 0.5 * (short + long))
+            pred = jnp.argmax(flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi)), -1)
+            ok = pred == tb
+            first_ok = jnp.where(i == 0, ok, first_ok)
+            first_pred = jnp.where(i == 0, pred, first_pred)
+            short = jnp.where((i > 0) & ~ok, s, short)
+            long = jnp.where((i > 0) & ok, s, long)
+            return short, long, first_ok, first_pred
+
+        init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), tb)
+        _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
+        # the returned image is exactly the one verified: x + long·r where the check succeeded
+        return jnp.clip(xb + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, tb, pred)
 
     x_adv, pred = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
     x_adv, pred = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n]
