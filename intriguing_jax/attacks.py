@@ -567,8 +567,8 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
                             config: AttackConfig | None = None) -> AttackResult:
     """Closest adversarial example over all wrong labels, per image.
 
-    Runs the targeted attack on every (image, label ≠ ``labels[i]``) pair as one batch of N·(K−1)
-    problems and keeps each image's smallest successful perturbation. An image the model already
+    Runs the targeted attack on every (image, label ≠ ``labels[i]``) pair — N·(K−1) problems streaming
+    through ``block_size`` solver rows — and keeps each image's smallest successful perturbation. An image the model already
     misclassifies is its own closest adversarial (l2 = 0).
     """
     cfg = config or AttackConfig()
