@@ -26,7 +26,7 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-FULL_RUN_MINUTES = 26  # measured on the 2-core development machine from an empty workdir (26.0 min)
+FULL_RUN_MINUTES = 38  # measured on this 2-core machine: 35.9 min with two of the models already trained
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
