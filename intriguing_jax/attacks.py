@@ -364,6 +364,11 @@ def _evaluate(flat_logits, z, targets, cfg):
     return loss, grad, margin
 
 
+def _rows_where(mask, new, old):
+    """``new`` in the rows where ``mask`` [B] holds, else ``old`` (arrays of any rank, rows first)."""
+    return jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+
 def _load(images, targets, index, n):
     """The clean images and targets of slots ``index`` (empty slots get a copy of example 0)."""
     safe = jnp.minimum(index, n - 1)
@@ -406,22 +411,20 @@ def _attack_streaming(logits_fn: Partial, images, targets, shape, cfg: AttackCon
         search, better, finished = _update_search(sl.search, done, solver.x, jnp.sum(r ** 2, axis=1),
                                                   cur_margin, cfg)
         pen, pen_grad = _penalty(r, sl.search.c, cfg)
-        best = tuple(jnp.where(better.reshape((-1,) + (1,) * (a.ndim - 1)), v, a) for a, v in
-                     zip(sl.best, (solver.f - pen, solver.g - pen_grad, cur_margin)))
+        best = tuple(_rows_where(better, v, a) for a, v in zip(sl.best, (solver.f - pen, solver.g - pen_grad,
+                                                                          cur_margin)))
         # freshly loaded rows: their clean image was evaluated; start their first solve (or finish)
         trivial = sl.fresh & (margin > 0)
         start = sl.fresh & ~trivial
-        base = tuple(jnp.where(start.reshape((-1,) + (1,) * (a.ndim - 1)), v, a)
-                     for a, v in zip(sl.base, (loss, grad, margin)))
+        base = tuple(_rows_where(start, v, a) for a, v in zip(sl.base, (loss, grad, margin)))
         c = jnp.where(start, _first_c(loss, grad, cfg), search.c)
         search = search._replace(c=c)
         # rows starting a solve: from the best success so far (warm) or the clean image; their value
         # and gradient there follow from the stored loss terms, no evaluation needed
         again = done & ~finished
         warm = again & search.found if cfg.warm_start else jnp.zeros_like(again)
-        w2 = warm[:, None]
-        z0 = jnp.where(w2, search.best_z, sl.x)
-        l0, g0, m0 = (jnp.where(warm.reshape((-1,) + (1,) * (a.ndim - 1)), b, a) for a, b in zip(base, best))
+        z0 = _rows_where(warm, search.best_z, sl.x)
+        l0, g0, m0 = (_rows_where(warm, b, a) for a, b in zip(base, best))
         pen, pen_grad = _penalty(z0 - sl.x, c, cfg)
         restart = again | start
         solver = lbfgsb.restart_rows(solver, restart, z0, l0 + pen, g0 + pen_grad, lo, hi, tol=cfg.tol)
@@ -437,12 +440,12 @@ def _attack_streaming(logits_fn: Partial, images, targets, shape, cfg: AttackCon
         rank = jnp.cumsum(leave) - 1
         index = jnp.where(leave, jnp.minimum(queued + rank, n), sl.index)
         queued = queued + jnp.sum(leave)
-        new = empty_slots(index)
-        keep = lambda a, b: jnp.where(leave.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)  # noqa: E731
-        sl = _Slots(index=index, x=keep(sl.x, new.x), target=keep(sl.target, new.target),
+        x_new, t_new = _load(images, targets, index, n)
+        sl = _Slots(index=index, x=_rows_where(leave, x_new, sl.x), target=_rows_where(leave, t_new, sl.target),
                     fresh=leave & (index < n), solving=solving & ~leave, solver=solver,
-                    search=jax.tree.map(keep, search, new.search), margin=cur_margin, base=base,
-                    best=best, evals=jnp.where(leave, 0, evals))
+                    search=jax.tree.map(lambda new, old: _rows_where(leave, new, old), _new_search(
+                        jnp.zeros_like(search.c), x_new), search),
+                    margin=cur_margin, base=base, best=best, evals=jnp.where(leave, 0, evals))
         return sl, out, queued
 
     out = (images, jnp.full((n,), jnp.inf, images.dtype), jnp.zeros((n,), jnp.int32))
