@@ -216,7 +216,7 @@ def main(argv=None):
     import numpy as np
     from jax.tree_util import Partial
 
-    from intriguing_jax import attacks, data, provenance, train, zoo
+    from intriguing_jax import attack_engine, attacks, data, provenance
     from intriguing_jax.exact import linear_min_l2
 
     mnist = data.load_mnist()
@@ -231,7 +231,7 @@ def main(argv=None):
         slots = min(cfg.block_size or attacks.default_block_size(), b)
         flat = jax.numpy.asarray(x)
         t0 = time.perf_counter()
-        lowered = attacks._attack_streaming.lower(fn, flat, jax.numpy.asarray(t), (x.shape[1],), cfg, slots)
+        lowered = attack_engine.attack_streaming.lower(fn, flat, jax.numpy.asarray(t), (x.shape[1],), cfg, slots)
         t_lower = time.perf_counter() - t0
         lowered.compile()
         t_compile = time.perf_counter() - t0 - t_lower

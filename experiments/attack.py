@@ -18,7 +18,7 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, figures, models, provenance, zoo
+from intriguing_jax import attacks, figures, models, provenance, storage, zoo
 
 
 def main(argv=None):
@@ -44,11 +44,11 @@ def main(argv=None):
                                        chunk_size=args.chunk_size, progress=bar.update)
     wall = time.time() - t0
     out = pathlib.Path(args.results) / "attack"
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model.name)
+    stem = storage.safe_name(model.name)
     summary = {"model": model.name, "images": "MNIST test set, first N", "targets": "random wrong label",
                **attacks.summarize(res), "images_per_second": len(x) / wall,
                "attack_config": dataclasses.asdict(cfg), "provenance": provenance.record(args.seed, wall)}
-    provenance.write_json(out / f"{stem}.json", summary)
+    storage.write_json(out / f"{stem}.json", summary)
     figures.adversarial_grid(out / f"{stem}.png", x, res.adversarial, y, res.prediction,
                              title=f"{model.name}: original | r ×10 | adversarial")
     print(f"{model.name}: success {summary['success_rate']:.1%}, mean distortion "

@@ -14,7 +14,7 @@ import numpy as np
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
-from intriguing_jax import attacks, compile_cache, data, models, provenance, train, zoo
+from intriguing_jax import attacks, compile_cache, data, models, provenance, storage, train, zoo
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -104,11 +104,18 @@ def attack(ctx: Context, name: str, split: str, model: models.Model, params, ima
     number of images, attack config); ``tag`` names the image set, e.g. ``"train"`` or ``"test"``."""
     stem = zoo.checkpoint_path(ctx.workdir, name, split, ctx.seed, ctx.train_cfg).stem
     cache = (pathlib.Path(ctx.workdir) / "attacks"
-             / f"{stem}_{tag}{len(images)}_{provenance.config_hash(ctx.attack_cfg)}")
+             / f"{stem}_{tag}{len(images)}_{storage.cache_key(ctx.attack_cfg)}")
     with tqdm(total=len(images), desc=f"attack {name} ({tag})", unit="img", leave=False) as bar:
         return attacks.attack_in_chunks(Partial(model.apply, params), images, targets,
                                         config=ctx.attack_cfg, chunk_size=ctx.chunk_size,
                                         cache_dir=cache, progress=bar.update)
+
+
+def attack_summary(ctx: Context, model: models.Model, params, images, targets, cache_dir=None) -> dict:
+    """``attacks.summarize`` of the attack on ``images`` (chunks cached in ``cache_dir`` if given)."""
+    return attacks.summarize(attacks.attack_in_chunks(Partial(model.apply, params), images, targets,
+                                                      config=ctx.attack_cfg, chunk_size=ctx.chunk_size,
+                                                      cache_dir=cache_dir))
 
 
 def first_images(ctx: Context, split: data.Split, salt: int = 0):
@@ -120,8 +127,8 @@ def first_images(ctx: Context, split: data.Split, salt: int = 0):
 
 def publish(ctx: Context, json_name: str, md_name: str, result: dict, render) -> dict:
     """Writes a pipeline's result as JSON (machines) and its rendered Markdown section (people)."""
-    provenance.write_json(ctx.out / json_name, result)
-    provenance.write_text(ctx.out / md_name, render(result))
+    storage.write_json(ctx.out / json_name, result)
+    storage.write_text(ctx.out / md_name, render(result))
     return result
 
 

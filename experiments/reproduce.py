@@ -15,7 +15,7 @@ import json
 import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
-from intriguing_jax import attacks, provenance, train
+from intriguing_jax import attacks, storage, train
 
 # name -> (module with run/render, JSON file it writes); run in this order.
 PIPELINES = {
@@ -67,7 +67,7 @@ def write_report(ctx: common.Context) -> str:
                 sections.append(f"## {name}\n\n`{path}` does not match this version ({e!r}); rerun "
                                 f"`python -m experiments.reproduce --only {name}`.\n")
     text = HEADER + "\n" + "\n".join(sections)
-    provenance.write_text(ctx.out / "REPORT.md", text)
+    storage.write_text(ctx.out / "REPORT.md", text)
     return text
 
 

@@ -15,11 +15,8 @@ import time
 import numpy as np
 
 from experiments import common
-from intriguing_jax import alexnet, figures, report, spectral
+from intriguing_jax import alexnet, figures, paper, report, spectral, verdicts
 
-# Table 5 of the paper [2nd] (authors' 2013 AlexNet weights).
-PAPER5 = {"conv1": 2.75, "conv2": 10.0, "conv3": 7.0, "conv4": 7.5, "conv5": 11.0, "fc1": 3.12, "fc2": 4.0,
-          "fc3": 4.0}
 BOUND_MODELS = ("FC10(1e-4)", "FC100-100-10", "FC200-200-10", "AE400-10", "ConvNet")
 SANDWICH_MODELS = ("FC10(1e-4)", "FC10(1)", "FC100-100-10", "FC200-200-10", "AE400-10")
 MAX_SANDWICH_IMAGES = 500
@@ -27,46 +24,18 @@ MAX_SANDWICH_IMAGES = 500
 
 def alexnet_table(ctx, weights=None, iters: int = 60) -> dict:
     params = alexnet.load_npz(weights) if weights else alexnet.init(ctx.key(8))
-    p = params["params"]
-    rows = []
-    for layer in alexnet.CONVS:
-        k = np.asarray(p[layer.name]["kernel"])
-        fn = lambda x, k=k, s=layer.stride, pad=layer.padding: spectral.conv_apply(k, x, s, pad)  # noqa: E731
-        shape = (1, layer.input_hw, layer.input_hw, layer.kernel[2])
-        rows.append({"layer": layer.name, "size": "×".join(map(str, (layer.kernel[2],) + layer.kernel[:2]
-                                                                 + (layer.kernel[3],))),
-                     "stride": layer.stride, "padding": layer.padding,
-                     "bound": spectral.conv_bound(k, (layer.input_hw,) * 2, layer.stride, layer.padding),
-                     "power_iteration": spectral.operator_norm(fn, shape, ctx.key(8, 1), iters)})
-    for name, n_in, n_out in alexnet.DENSES:
-        b = spectral.dense_bound(p[name]["kernel"])
-        rows.append({"layer": name, "size": f"{n_in}×{n_out}", "stride": None, "padding": None, "bound": b,
-                     "power_iteration": b})
     return {"weights": str(weights) if weights else "random initialisation (Flax defaults), not trained",
-            "rows": rows, "maxpool_bound": spectral.maxpool_bound(*alexnet.POOL), "power_iterations": iters}
+            "rows": alexnet.bounds_table(params, ctx.key(8, 1), iters),
+            "maxpool_bound": spectral.maxpool_bound(*alexnet.POOL), "power_iterations": iters}
 
 
 def sandwich(ctx, mnist, name) -> dict:
     model, params, _ = common.trained(ctx, mnist, name)
-    rows = spectral.model_layers(model, params, key=ctx.key(8, 2))
     n = min(ctx.num_images, MAX_SANDWICH_IMAGES)
-    x, y, targets = common.first_images(ctx, mnist.test)
-    x, y, targets = x[:n], y[:n], targets[:n]
-    res = common.attack(ctx, name, "train", model, params, x, targets, "test")
-    logits = np.asarray(model.apply(params, x))
-    last = params["params"][rows[-1]["layer"]]["kernel"]
-    untargeted, targeted = spectral.certified_radius(logits, spectral.tail_bound(rows), last, res.target)
-    ok = np.asarray(res.success) & (logits.argmax(1) != np.asarray(res.target))  # r = 0 cases excluded
-    found = np.asarray(res.l2)[ok]
-    ratio = found / targeted[ok]
-    return {"layers": rows, "global_bound": float(np.prod([r["bound"] for r in rows])),
-            "images": n, "compared": int(ok.sum()),
-            "violations": int(np.sum(found < targeted[ok] * (1 - 1e-4))),  # must be 0: a bound above a found r
-            "ratio_median": float(np.median(ratio)), "ratio_p10": float(np.quantile(ratio, 0.1)),
-            "ratio_p90": float(np.quantile(ratio, 0.9)), "ratio_min": float(ratio.min()),
-            "share_within_2x": float(np.mean(ratio <= 2)),
-            "mean_found_l2": float(found.mean()), "mean_certified_l2": float(targeted[ok].mean()),
-            "mean_untargeted_certified_l2": float(untargeted[ok].mean()), "_ratio": ratio}
+    x, _, targets = common.first_images(ctx, mnist.test)
+    res = common.attack(ctx, name, "train", model, params, x[:n], targets[:n], "test")
+    return spectral.sandwich(spectral.model_layers(model, params, key=ctx.key(8, 2)), params,
+                             model.apply(params, x[:n]), res)
 
 
 def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MODELS,
@@ -88,33 +57,10 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
     return common.publish(ctx, "spectral.json", "spectral.md", result, render)
 
 
-def verdicts(result: dict) -> list[str]:
-    s = result["sandwich"]
-    out = []
-    if s:
-        worst = min(v["ratio_min"] for v in s.values())
-        viol = sum(v["violations"] for v in s.values())
-        out.append(f"**No certified lower bound exceeds a distortion the attack found: "
-                   f"{'holds' if viol == 0 else 'does not hold'}** ({viol} violations over "
-                   f"{sum(v['compared'] for v in s.values())} attacked images; smallest ratio {worst:.3f}).")
-        lin = [n for n in s if n.startswith("FC10(")]
-        deep = [n for n in s if not n.startswith("FC10(")]
-        if lin and deep:
-            out.append("**How tight is the attack?** For the linear models the certified radius is the exact "
-                       "minimum without the [0, 1] box, so the ratio is the box's cost plus the attack's slack "
-                       "(the attack is within 1.026× (mean) of the exact box-constrained minimum on softmax regression, "
-                       "`benchmarks/RESULTS.md`): median "
-                       + ", ".join(f"{n} {s[n]['ratio_median']:.3f}" for n in lin)
-                       + ". For the nets the product bound is loose: median ratio "
-                       + ", ".join(f"{n} {s[n]['ratio_median']:.0f}×" for n in deep)
-                       + "; the gap is the bound's, not evidence of a weak attack.")
-    return out
-
-
 def render(result: dict) -> str:
     a = result["alexnet"]
     t5 = [[r["layer"], r["size"], r["stride"] or "–", report.num(r["bound"], 2),
-           report.num(r["power_iteration"], 2), report.num(PAPER5.get(r["layer"]), 2)] for r in a["rows"]]
+           report.num(r["power_iteration"], 2), report.num(paper.TABLE5.get(r["layer"]), 2)] for r in a["rows"]]
     lines = ["## Spectral analysis (Sec. 4.3, Table 5)\n",
              f"AlexNet-shaped net with **{a['weights']}** (the paper's weights are not available: compare "
              "trends, not numbers). Upper bound: the Fourier formula (convolutions; zero padding bounded by a "
@@ -138,6 +84,7 @@ def render(result: dict) -> str:
               "attack's ‖r‖₂. Images the model already assigns to the target are left out.\n",
               report.table(["Model", "Images", "Compared", "Mean found ‖r‖₂", "Mean certified", "Ratio median "
                             "[10%, 90%]", "Within 2×", "Violations"], body),
-              "\n" + "\n".join(f"- {v}" for v in verdicts(result)) + "\n",
+              "\n" + verdicts.bullets([verdicts.certified_below_found(result["sandwich"]),
+                                     verdicts.attack_tightness(result["sandwich"])]) + "\n",
               f"![sandwich]({result['figure']})\n", report.provenance_line(result["provenance"]) + "\n"]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, models, provenance, sweep
+from intriguing_jax import attacks, models, provenance, storage, sweep
 
 
 def main(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None):
     wall = time.time() - t0
     summary = {f"{m} | c_steps={spec.configs[c].c_steps}": attacks.summarize(r) for (m, c), r in results.items()}
     out = ctx.out / f"sweep_{spec.digest()}.json"
-    provenance.write_json(out, {"spec": dataclasses.asdict(spec), "summary": summary,
+    storage.write_json(out, {"spec": dataclasses.asdict(spec), "summary": summary,
                                 "digest": sweep.result_digest(results), "attacks": total,
                                 "attacks_per_second": total / wall,
                                 "provenance": provenance.record(args.seed, wall, devices=len(jax.devices()))})

@@ -11,15 +11,9 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import attacks, figures, report
+from intriguing_jax import attacks, figures, paper, report, verdicts
 
-# Table 1 of the paper [2nd]: train error, test error, average minimum distortion.
-PAPER = {
-    "FC10(1e-4)": (0.067, 0.074, 0.062), "FC10(1e-2)": (0.10, 0.094, 0.1), "FC10(1)": (0.212, 0.20, 0.14),
-    "FC100-100-10": (0.0, 0.0164, 0.058), "FC200-200-10": (0.0, 0.0154, 0.065),
-    "AE400-10": (0.0057, 0.019, 0.086),
-}
-MODELS = tuple(PAPER)
+MODELS = paper.TABLE1_MODELS
 
 
 def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
@@ -40,32 +34,15 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                                  res.prediction, title=f"{name}: original | r ×10 | adversarial")
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
               f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
-    result = {"rows": rows, "paper": {k: PAPER[k] for k in rows}, "num_images": len(x),
+    result = {"rows": rows, "paper": {k: paper.TABLE1[k] for k in rows}, "num_images": len(x),
               "provenance": common.record(ctx, t0, pipeline="table1")}
     return common.publish(ctx, "table1.json", "table1_models.md", result, render)
-
-
-def verdicts(result: dict) -> list[str]:
-    rows = result["rows"]
-    worst = min(r["success_rate"] for r in rows.values())
-    d = [r["mean_distortion"] for r in rows.values() if r["mean_distortion"] is not None]
-    holds = worst == 1.0 and d and max(d) < 0.15
-    out = [f"**Every model has blind spots: {'holds' if holds else 'does not hold'}.** The attack reached "
-           f"its random wrong target on {report.pct(worst, 1)} of the images for the worst model; mean "
-           f"distortion {min(d):.3f}–{max(d):.3f} RMS per pixel (paper 0.058–0.14)."]
-    fc = [n for n in ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)") if n in rows]
-    if len(fc) == 3:
-        ds = [rows[n]["mean_distortion"] for n in fc]
-        ordered = ds[0] < ds[1] < ds[2]
-        out.append(f"**More weight decay needs larger distortions (FC10): {'holds' if ordered else 'does not hold'}** "
-                   f"({' < '.join(f'{v:.3f}' for v in ds)}; paper 0.062 < 0.1 < 0.14).")
-    return out
 
 
 def render(result: dict) -> str:
     body = []
     for name, r in result["rows"].items():
-        ptr, pte, pd = PAPER[name]
+        ptr, pte, pd = paper.TABLE1[name]
         body.append([name, report.pct(r["train_error"]), report.pct(ptr), report.pct(r["test_error"]),
                      report.pct(pte), report.num(r["mean_distortion"]), report.num(pd),
                      report.pct(r["success_rate"], 1)])
@@ -76,5 +53,6 @@ def render(result: dict) -> str:
             "model's argmax on the returned, box-clipped image equals the target.\n\n"
             + report.table(["Model", "Train err (ours)", "(paper)", "Test err (ours)", "(paper)",
                             "Av. min. distortion (ours)", "(paper)", "Attack success"], body)
-            + "\n" + "\n".join(f"- {v}" for v in verdicts(result)) + "\n\n"
+            + "\n" + verdicts.bullets([verdicts.blind_spots(result["rows"]),
+                                        verdicts.weight_decay_order(result["rows"])]) + "\n\n"
             + report.provenance_line(result["provenance"]) + "\n")

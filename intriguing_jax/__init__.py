@@ -6,14 +6,14 @@ from intriguing_jax.attacks import (  # noqa: E402
     AttackConfig,
     AttackResult,
     distortion,
-    gaussian_noise,
     lbfgs_attack,
     lbfgs_attack_untargeted,
-    matched_noise,
 )
-from intriguing_jax import compile_cache, lbfgsb  # noqa: E402
+from intriguing_jax import compile_cache, lbfgsb, storage  # noqa: E402
+from intriguing_jax.noise import gaussian_noise, matched_noise  # noqa: E402
 from intriguing_jax.data import load_mnist  # noqa: E402
 from intriguing_jax.models import build  # noqa: E402
 
 __all__ = ["AttackConfig", "AttackResult", "build", "compile_cache", "distortion", "gaussian_noise",
-           "lbfgs_attack", "lbfgs_attack_untargeted", "lbfgsb", "load_mnist", "matched_noise", "__version__"]
+           "lbfgs_attack", "lbfgs_attack_untargeted", "lbfgsb", "load_mnist", "matched_noise", "storage",
+           "__version__"]

@@ -28,10 +28,9 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from intriguing_jax import attacks, checkpoint
+from intriguing_jax import attacks, checkpoint, train
 from intriguing_jax.data import Split
-from intriguing_jax.models import MLP, NUM_PIXELS, Model
-from intriguing_jax.train import TrainConfig, lr_schedule, cross_entropy, weight_decay
+from intriguing_jax.models import NUM_PIXELS, Model
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +84,13 @@ def layer_inputs(model: Model, params, images, layer: int) -> jax.Array:
 
 
 def _check_model(model: Model, layers) -> None:
-    module = model.spec.module
-    if not isinstance(module, MLP):
-        raise TypeError("per-layer pools are implemented for the MLP models")
-    if any(k > len(module.hidden) for k in layers):
-        raise ValueError(f"{model.name} has {len(module.hidden)} hidden layers; got pool layers {layers}")
-    if any(k > 0 for k in layers) and module.activation != "sigmoid":
-        raise ValueError("hidden-layer pools need a bounded (sigmoid) layer: the attack box is [0, 1]")
+    spaces = model.spec.module.pool_spaces()
+    if not spaces:
+        raise TypeError(f"{model.name} can hold no pool (per-layer pools are implemented for the MLP models)")
+    bad = [k for k in layers if k not in spaces]
+    if bad:
+        raise ValueError(f"{model.name} can hold pools in layers {spaces} (0 = input; hidden layers only when "
+                         f"bounded, e.g. sigmoid: the attack box is [0, 1]); got pool layers {layers}")
 
 
 def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks.AttackConfig) -> Pool:
@@ -132,77 +131,109 @@ def _state_template(model, tx, adv: AdvTrainConfig, key):
     return {"params": params, "opt_state": tx.init(params), "pools": pools}
 
 
-def fit(model: Model, split: Split, key: jax.Array, cfg: TrainConfig = TrainConfig(),
+class PoolHook(train.Hook):
+    """The pools as the training loop's extra data: every ``refresh_every`` steps, ``refresh_count``
+    random slots of each pool get fresh examples attacked against the current weights."""
+
+    def __init__(self, model: Model, split: Split, adv: AdvTrainConfig):
+        self.model, self.split, self.adv = model, split, adv
+
+    def epoch_keys(self, key, epoch):
+        step_key, shuffle_key = jax.random.split(jax.random.fold_in(key, epoch))
+        return shuffle_key, step_key
+
+    def before_step(self, step, key, params, pools):
+        adv = self.adv
+        if not adv.layers or step == 0 or step % adv.refresh_every:
+            return pools
+        fresh = _fresh(self.model, params, adv.layers, self.split, jax.random.fold_in(key, 1), adv.refresh_count,
+                       adv.attack)
+        return tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
+
+
+def pool_loss(model: Model, adv: AdvTrainConfig) -> Callable:
+    """``(params, (x, y), pools, key) -> loss``: (1 − mix)·CE(clean) + mix·mean_k CE(pool k) + weight decay,
+    with ``pool_batch`` random examples of each pool k run through the layers above k."""
+    def loss_fn(p, batch, pools, key):
+        x, y = batch
+        loss = train.cross_entropy(model.apply(p, x), y)
+        if adv.layers:
+            picks = [jax.random.randint(jax.random.fold_in(key, i), (adv.pool_batch,), 0, len(pl.labels))
+                     for i, pl in enumerate(pools)]
+            pool = jnp.mean(jnp.stack([train.cross_entropy(model.from_layer(p, pl.points[j], k), pl.labels[j])
+                                       for k, pl, j in zip(adv.layers, pools, picks)]))
+            loss = (1 - adv.mix) * loss + adv.mix * pool
+        return loss + train.weight_decay(p, model.spec.weight_decay)
+    return loss_fn
+
+
+def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = train.TrainConfig(),
         adv: AdvTrainConfig = AdvTrainConfig(), *, checkpoint_path=None,
         on_epoch: Callable[[int, dict], dict | None] | None = None):
-    """Trains ``model`` on ``split`` with adversarial pools. Returns ``(params, history)``; ``history`` is
-    one dict per epoch (loss, plus whatever ``on_epoch(epoch, params)`` returns, e.g. test error).
+    """Trains ``model`` on ``split`` with adversarial pools (``train.run_epochs`` with a ``PoolHook``).
 
-    With ``checkpoint_path`` the full state (weights, optimiser, pools, history) is saved atomically after
-    every epoch and a restarted call resumes from the last finished epoch.
+    Args:
+      model: a registry MLP; split: training data; key: PRNG key of the run.
+      cfg: optimiser schedule (Adam, cosine-decayed learning rate, epochs, batch size).
+      adv: the pools (``AdvTrainConfig``); ``layers=()`` is plain training with weight decay.
+      checkpoint_path: if given, the full state (weights, optimiser, pools, history) is saved atomically
+        after every epoch and a restarted call resumes from the last finished epoch.
+      on_epoch: ``(epoch, params) -> dict`` of extra numbers for the epoch's history record (e.g. test
+        error).
+
+    Returns:
+      ``(params, history)``: one dict per epoch (``epoch``, ``loss`` and what ``on_epoch`` returned).
     """
     _check_model(model, adv.layers)
     epochs = cfg.epochs if cfg.epochs is not None else model.spec.epochs
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")
-    tx = optax.adam(lr_schedule(cfg, epochs * steps_per_epoch))
+    tx = optax.adam(train.lr_schedule(cfg, epochs * steps_per_epoch))
     init_key, pool_key, loop_key = jax.random.split(key, 3)
     state, history, start = None, [], 0
     if checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
         try:
             state, meta = checkpoint.load(checkpoint_path, _state_template(model, tx, adv, init_key))
             history, start = meta["history"], meta["epoch"]
+            state = train.TrainState(state["params"], state["opt_state"], tuple(Pool(*p) for p in state["pools"]))
             log.info("resuming %s adversarial training at epoch %d", model.name, start)
         except checkpoint.CheckpointError as e:
             log.warning("%s; starting over", e)
     if state is None:
         params = model.init(init_key)
-        pools = _fresh(model, params, adv.layers, split, pool_key, adv.pool_size, adv.attack)
-        state = {"params": params, "opt_state": tx.init(params), "pools": pools}
-    layers, mix = adv.layers, adv.mix
-    images, labels = jnp.asarray(split.images), jnp.asarray(split.labels)
-
-    def loss_fn(p, x, y, pool_points, pool_labels):
-        clean = cross_entropy(model.apply(p, x), y)
-        if layers:
-            pool = jnp.mean(jnp.stack([cross_entropy(model.from_layer(p, h, k), yk)
-                                       for k, h, yk in zip(layers, pool_points, pool_labels)]))
-            clean = (1 - mix) * clean + mix * pool
-        return clean + weight_decay(p, model.spec.weight_decay)
-
-    @jax.jit
-    def step(params, opt_state, pools, images, labels, idx, key):
-        picks = [jax.random.randint(jax.random.fold_in(key, i), (adv.pool_batch,), 0, len(pl.labels))
-                 for i, pl in enumerate(pools)]
-        loss, grads = jax.value_and_grad(loss_fn)(params, images[idx], labels[idx],
-                                                  [pl.points[j] for pl, j in zip(pools, picks)],
-                                                  [pl.labels[j] for pl, j in zip(pools, picks)])
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+        state = train.TrainState(params, None, _fresh(model, params, adv.layers, split, pool_key, adv.pool_size,
+                                                      adv.attack))
     state = jax.tree.map(jnp.asarray, state)  # a loaded checkpoint holds numpy arrays
-    params, opt_state, pools = state["params"], state["opt_state"], tuple(Pool(*p) for p in state["pools"])
-    for epoch in range(start, epochs):
-        ekey, pkey = jax.random.split(jax.random.fold_in(loop_key, epoch))
-        perm = jax.random.permutation(pkey, len(split))
-        perm = perm[: steps_per_epoch * cfg.batch_size].reshape(steps_per_epoch, cfg.batch_size)
-        losses = []
-        for i in range(steps_per_epoch):
-            skey = jax.random.fold_in(ekey, i)
-            global_step = epoch * steps_per_epoch + i
-            if layers and global_step > 0 and global_step % adv.refresh_every == 0:
-                fresh = _fresh(model, params, layers, split, jax.random.fold_in(skey, 1), adv.refresh_count,
-                               adv.attack)
-                pools = tuple(replace(pl, f, jax.random.fold_in(skey, 2 + j))
-                              for j, (pl, f) in enumerate(zip(pools, fresh)))
-            params, opt_state, loss = step(params, opt_state, pools, images, labels, perm[i], skey)
-            losses.append(loss)
-        record = {"epoch": epoch + 1, "loss": float(jnp.mean(jnp.stack(losses)))}
+
+    def end_of_epoch(epoch, st: train.TrainState, loss):
+        record = {"epoch": epoch + 1, "loss": loss}
         if on_epoch is not None:
-            record.update(on_epoch(epoch, params) or {})
+            record.update(on_epoch(epoch, st.params) or {})
         history.append(record)
         if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, {"params": params, "opt_state": opt_state, "pools": pools},
+            checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},
                             {"epoch": epoch + 1, "history": history})
-    return params, history
+
+    state, _ = train.run_epochs(pool_loss(model, adv), state, tx, (split.images, split.labels), loop_key, epochs,
+                                cfg.batch_size, hook=PoolHook(model, split, adv), start_epoch=start,
+                                on_epoch=end_of_epoch)
+    return state.params, history
+
+
+def summarize_runs(runs: dict) -> dict:
+    """Per variant, over its seeds' runs (each with ``test_error``, ``attack`` and ``layers``): mean and
+    spread (max − min) of the test error and the attack's mean distortion, and the mean success rate."""
+    def stats(rs, get):
+        v = [get(r) for r in rs]
+        return float(np.mean(v)), float(np.ptp(v))
+
+    out = {}
+    for variant, rs in runs.items():
+        te, te_spread = stats(rs, lambda r: r["test_error"])
+        d, d_spread = stats(rs, lambda r: r["attack"]["mean_distortion"])
+        out[variant] = {"test_error_mean": te, "test_error_spread": te_spread, "distortion_mean": d,
+                        "distortion_spread": d_spread,
+                        "success_rate": float(np.mean([r["attack"]["success_rate"] for r in rs])),
+                        "layers": rs[0]["layers"]}
+    return out

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from intriguing_jax import spectral
+
 
 class ConvLayer(NamedTuple):
     name: str
@@ -74,3 +76,24 @@ def load_npz(path) -> dict:
             raise ValueError(f"{path}: {k} has shape {arrays[k].shape}, expected {t.shape}")
     return {"params": traverse_util.unflatten_dict({k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()},
                                                    sep="/")}
+
+
+def bounds_table(params, key: jax.Array, iters: int = 60) -> list[dict]:
+    """Table 5: per layer, the upper Lipschitz bound (Fourier formula or largest singular value) beside
+    the exact operator norm of the layer as applied (power iteration, ``iters`` steps)."""
+    p = params["params"]
+    rows = []
+    for layer in CONVS:
+        k = np.asarray(p[layer.name]["kernel"])
+        fn = lambda x, k=k, s=layer.stride, pad=layer.padding: spectral.conv_apply(k, x, s, pad)  # noqa: E731
+        shape = (1, layer.input_hw, layer.input_hw, layer.kernel[2])
+        rows.append({"layer": layer.name, "size": "×".join(map(str, (layer.kernel[2],) + layer.kernel[:2]
+                                                                 + (layer.kernel[3],))),
+                     "stride": layer.stride, "padding": layer.padding,
+                     "bound": spectral.conv_bound(k, (layer.input_hw,) * 2, layer.stride, layer.padding),
+                     "power_iteration": spectral.operator_norm(fn, shape, key, iters)})
+    for name, n_in, n_out in DENSES:
+        b = spectral.dense_bound(p[name]["kernel"])
+        rows.append({"layer": name, "size": f"{n_in}×{n_out}", "stride": None, "padding": None, "bound": b,
+                     "power_iteration": b})
+    return rows

@@ -8,15 +8,15 @@ files) and the parameter tree against the model's own (mismatched checkpoints).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pathlib
-import tempfile
 
 import jax
 import numpy as np
 from flax import serialization
+
+from intriguing_jax.storage import atomic_write_bytes
 
 MAGIC = b"INTRIGUING_JAX_CHECKPOINT v1\n"
 
@@ -25,30 +25,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is corrupt, truncated, or does not match the model it is loaded into."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes via a temp file in the same directory and ``os.replace``: readers never see half a file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
-    """``np.savez`` through ``atomic_write_bytes``."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def save(path: str | os.PathLike, params, meta: dict | None = None) -> None:
+    """Writes ``params`` (any pytree of arrays) and JSON-able ``meta`` atomically, with a checksum."""
     state = jax.tree.map(np.asarray, serialization.to_state_dict(params))
     payload = serialization.msgpack_serialize({"meta": json.dumps(meta or {}), "params": state})
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)

@@ -187,7 +187,7 @@ def _validate(a: dict, source: str, sizes: tuple[int, int] | None) -> None:
 
 
 def _save_npz(path: pathlib.Path, a: dict) -> None:
-    from intriguing_jax.checkpoint import atomic_write_npz
+    from intriguing_jax.storage import atomic_write_npz
     atomic_write_npz(path, **{k: v.reshape(len(v), -1) if k.startswith("x") else v for k, v in a.items()})
     log.info("cached MNIST at %s", path)
 

@@ -3,7 +3,10 @@
 Every model maps flat images ``[N, 784]`` in [0, 1] to logits ``[N, 10]`` and exposes its hidden layers:
 ``activations(params, x)`` returns each layer's output (hidden layers, then logits) and
 ``from_layer(params, h, k)`` runs the layers above layer ``k`` (``k = 0`` is the input), which unit
-analysis and per-layer adversarial training need.
+analysis and per-layer adversarial training need. Each module also says what other modules ask of it:
+``layer_bounds(params, key, iters)`` (per-layer Lipschitz bounds, ``spectral``) and ``pool_spaces()``
+(the layers whose space can hold an adversarial pool, ``adversarial_training``). A new model is a module
+with these methods and one ``REGISTRY`` entry.
 
 References: Szegedy et al. 2014, Sec. 2 and 4.2 (models), Table 1.
 """
@@ -17,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from intriguing_jax import spectral
 
 NUM_PIXELS, NUM_CLASSES = 784, 10
 
@@ -53,6 +58,17 @@ class MLP(nn.Module):
 
     def __call__(self, x):
         return self.activations(x)[-1]
+
+    def layer_bounds(self, params, *, key, iters: int) -> list[dict]:
+        p = params["params"]
+        rows = []
+        for i in range(len(self.hidden)):
+            rows += [spectral.dense_row(f"dense_{i}", p[f"dense_{i}"]["kernel"]), spectral.activation_row(self.activation)]
+        return rows + [spectral.dense_row(f"dense_{len(self.hidden)}", p[f"dense_{len(self.hidden)}"]["kernel"])]
+
+    def pool_spaces(self) -> tuple[int, ...]:
+        """The input, and each hidden layer when bounded (sigmoid: the attack's box is [0, 1])."""
+        return (0,) + (tuple(range(1, len(self.hidden) + 1)) if self.activation == "sigmoid" else ())
 
 
 def conv_with_fast_input_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -123,6 +139,19 @@ class ConvNet(nn.Module):
     def __call__(self, x):
         return self.activations(x)[-1]
 
+    def layer_bounds(self, params, *, key, iters: int) -> list[dict]:
+        p = params["params"]
+        rows = []
+        for name, size in (("conv_0", 28), ("conv_1", 14)):
+            rows += [spectral.conv_row(name, p[name]["kernel"], size, key, iters), spectral.activation_row("relu"),
+                     spectral.activation_row("maxpool", spectral.maxpool_bound(2, 2))]
+        return rows + [spectral.dense_row("dense_0", p["dense_0"]["kernel"]), spectral.activation_row("relu"),
+                       spectral.dense_row("dense_1", p["dense_1"]["kernel"])]
+
+    def pool_spaces(self) -> tuple[int, ...]:
+        """None: per-layer pools are implemented for the MLPs (ReLU features are unbounded)."""
+        return ()
+
 
 class SparseAutoencoder(nn.Module):
     """Sigmoid autoencoder whose encoder has the same parameter path (``dense_0``) as the MLP it feeds."""
@@ -187,6 +216,7 @@ def names() -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
+    """The registry entry of ``name`` (or an alias such as ``FC10(0.01)``); KeyError names the known ones."""
     key = _ALIASES.get(name, name)
     if key not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
@@ -194,6 +224,7 @@ def spec(name: str) -> ModelSpec:
 
 
 def canonical_name(name: str) -> str:
+    """The registry's spelling of ``name``."""
     return spec(name).name
 
 

@@ -120,45 +120,61 @@ def certified_radius(logits, tail_lipschitz, last_kernel, targets=None):
 
 
 def model_layers(model, params, *, iters: int = 300, key=None) -> list[dict]:
-    """Per-layer bounds of an MNIST registry model (``MLP`` or ``ConvNet``), in order, each a dict with
-    ``layer``, ``kind``, ``shape``, ``bound`` and ``exact`` (power iteration for convolutions; dense
-    layers' bound is exact). Activations and pooling appear as their own rows."""
-    from intriguing_jax.models import MLP, ConvNet
-    key = jax.random.key(0) if key is None else key
-    p = params["params"]
+    """Per-layer bounds of a registry model, in order (its module's ``layer_bounds``): dicts with
+    ``layer``, ``kind``, ``shape``, ``bound`` and ``exact`` (power iteration for convolutions; a dense
+    layer's bound is exact). Activations and pooling appear as their own rows."""
     module = model.spec.module
-    rows = []
+    if not hasattr(module, "layer_bounds"):
+        raise TypeError(f"no layer bounds for {type(module).__name__}: give it a layer_bounds method")
+    return module.layer_bounds(params, key=jax.random.key(0) if key is None else key, iters=iters)
 
-    def dense(name):
-        b = dense_bound(p[name]["kernel"])
-        rows.append({"layer": name, "kind": "dense", "shape": list(p[name]["kernel"].shape), "bound": b, "exact": b})
 
-    def act(kind, bound):
-        rows.append({"layer": kind, "kind": kind, "shape": None, "bound": bound, "exact": None})
+def dense_row(name: str, kernel) -> dict:
+    """A dense layer's row for ``model_layers`` (its bound is exact)."""
+    b = dense_bound(kernel)
+    return {"layer": name, "kind": "dense", "shape": list(np.shape(kernel)), "bound": b, "exact": b}
 
-    if isinstance(module, MLP):
-        n = len(module.hidden)
-        for i in range(n):
-            dense(f"dense_{i}")
-            act(module.activation, ACTIVATION_BOUND[module.activation])
-        dense(f"dense_{n}")
-    elif isinstance(module, ConvNet):
-        for name, size in (("conv_0", 28), ("conv_1", 14)):
-            k = p[name]["kernel"]
-            exact = operator_norm(lambda x, k=k: conv_apply(k, x, 1, "SAME"), (1, size, size, k.shape[2]),
-                                  key, iters)
-            rows.append({"layer": name, "kind": "conv (SAME, stride 1)", "shape": list(k.shape),
-                         "bound": conv_bound(k, (size, size), 1, "SAME"), "exact": exact})
-            act("relu", 1.0)
-            act("maxpool", maxpool_bound(2, 2))
-        dense("dense_0")
-        act("relu", 1.0)
-        dense("dense_1")
-    else:
-        raise TypeError(f"no layer bounds for {type(module).__name__}")
-    return rows
+
+def activation_row(kind: str, bound: float | None = None) -> dict:
+    """An activation or pooling row for ``model_layers`` (bound from ``ACTIVATION_BOUND`` by default)."""
+    return {"layer": kind, "kind": kind, "shape": None, "bound": ACTIVATION_BOUND[kind] if bound is None else bound,
+            "exact": None}
+
+
+def conv_row(name: str, kernel, size: int, key, iters: int) -> dict:
+    """A stride-1 SAME convolution's row on ``size``×``size`` inputs: Fourier bound and power iteration."""
+    exact = operator_norm(lambda x: conv_apply(kernel, x, 1, "SAME"), (1, size, size, kernel.shape[2]), key, iters)
+    return {"layer": name, "kind": "conv (SAME, stride 1)", "shape": list(kernel.shape),
+            "bound": conv_bound(kernel, (size, size), 1, "SAME"), "exact": exact}
 
 
 def tail_bound(rows: list[dict]) -> float:
     """Product bound of every row before the last (dense) layer."""
     return float(np.prod([r["bound"] for r in rows[:-1]]))
+
+
+def sandwich(rows: list[dict], params, logits, result) -> dict:
+    """Certified radius vs distortion found, per attacked image: the statistics of found / certified.
+
+    Args:
+      rows: the model's ``model_layers``; params: its parameters (the last row's kernel is read).
+      logits: ``[N, K]`` clean logits of the attacked images; result: their targeted ``AttackResult``.
+
+    Returns:
+      dict with the number compared (successful, not already the target), violations (a certified radius
+      above a found distortion: must be 0), the ratio's median, 10%/90% quantiles and minimum, the share
+      within 2×, the mean found and certified L2, and ``_ratio`` (the per-image ratios, for a figure).
+    """
+    last = params["params"][rows[-1]["layer"]]["kernel"]
+    untargeted, targeted = certified_radius(logits, tail_bound(rows), last, result.target)
+    ok = np.asarray(result.success) & (np.asarray(logits).argmax(1) != np.asarray(result.target))
+    found = np.asarray(result.l2)[ok]
+    ratio = found / targeted[ok]
+    return {"layers": rows, "global_bound": float(np.prod([r["bound"] for r in rows])),
+            "images": len(ok), "compared": int(ok.sum()),
+            "violations": int(np.sum(found < targeted[ok] * (1 - 1e-4))),
+            "ratio_median": float(np.median(ratio)), "ratio_p10": float(np.quantile(ratio, 0.1)),
+            "ratio_p90": float(np.quantile(ratio, 0.9)), "ratio_min": float(ratio.min()),
+            "share_within_2x": float(np.mean(ratio <= 2)),
+            "mean_found_l2": float(found.mean()), "mean_certified_l2": float(targeted[ok].mean()),
+            "mean_untargeted_certified_l2": float(untargeted[ok].mean()), "_ratio": ratio}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import pathlib
 from typing import Callable, Literal, NamedTuple
@@ -25,8 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from intriguing_jax import attacks
-from intriguing_jax.checkpoint import atomic_write_bytes, atomic_write_npz
+from intriguing_jax import attacks, storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +52,7 @@ class SweepSpec:
             raise ValueError("need num_images >= 1 and shard_size a positive multiple of device_batch")
 
     def digest(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return storage.cache_key(self, 12)
 
 
 class Shard(NamedTuple):
@@ -96,27 +93,25 @@ def sharded_attack(logits_fn, images, targets, config: attacks.AttackConfig, dev
     """``lbfgs_attack`` over ``devices`` (default: this process's local devices) with ``shard_map``: each
     device attacks its own block of ``device_batch`` examples (default: an equal split), in rounds until
     the batch is done. The per-device program depends only on ``device_batch``, not on the number of
-    devices, so results are bitwise identical on 1 or N devices. The batch size must be a multiple of
-    ``device_batch``."""
+    devices, so results are bitwise identical on 1 or N devices. The last round is padded with copies of
+    the last example (dropped from the result), so any batch size compiles once."""
     devices = list(devices or jax.local_devices())
     images, targets = np.asarray(images, np.float32), np.asarray(targets, np.int32)
     n = len(images)
     device_batch = device_batch or -(-n // len(devices))
-    if n % device_batch:
-        raise ValueError(f"batch of {n} is not a multiple of device_batch {device_batch}")
     mesh = Mesh(np.array(devices), ("batch",))
     spec = PartitionSpec("batch")
-    run = functools.partial(_shard_mapped(config, mesh), attacks._as_partial(logits_fn))
+    run = functools.partial(_shard_mapped(config, mesh), attacks.as_partial(logits_fn))
     per_round = device_batch * len(devices)
     sharding = NamedSharding(mesh, spec)
     parts = []
     for start in range(0, n, per_round):
         x, t = images[start:start + per_round], targets[start:start + per_round]
         used = len(x)  # idle devices get copies of the last example; dropped below
-        x, t = attacks.pad_rows(x, per_round), attacks.pad_rows(t, per_round)
+        x, t = storage.pad_rows(x, per_round), storage.pad_rows(t, per_round)
         res = run(jax.device_put(x, sharding), jax.device_put(t, sharding))
         parts.append(attacks.AttackResult(*(np.asarray(a)[:used] for a in res)))
-    return attacks.AttackResult(*(np.concatenate(f) for f in zip(*parts)))
+    return storage.concat(parts)
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,14 +131,9 @@ def _shard_path(root: pathlib.Path, s: Shard) -> pathlib.Path:
     return root / f"shard_{s.index:06d}.npz"
 
 
-_load_shard = attacks.load_result  # a shard file is a checksummed AttackResult
-
-
 def _run_shard(s: Shard, logits_fn, images, spec: SweepSpec, devices) -> attacks.AttackResult:
-    n = len(s.image_index)  # padded to shard_size: one compilation per (model, config)
-    idx, tgt = attacks.pad_rows(s.image_index, spec.shard_size), attacks.pad_rows(s.targets, spec.shard_size)
-    res = sharded_attack(logits_fn, images[idx], tgt, spec.configs[s.config], devices, spec.device_batch)
-    return attacks.AttackResult(*(np.asarray(a)[:n] for a in res))
+    return sharded_attack(logits_fn, images[s.image_index], s.targets, spec.configs[s.config], devices,
+                          spec.device_batch)
 
 
 def run_sweep(spec: SweepSpec, logits_fns: dict[str, Callable], images, labels, out_dir, *, devices=None,
@@ -164,13 +154,13 @@ def run_sweep(spec: SweepSpec, logits_fns: dict[str, Callable], images, labels, 
     manifest = {"spec": dataclasses.asdict(spec), "digest": spec.digest(), "shards": len(shards),
                 "processes": count, "files": [_shard_path(root, s).name for s in shards]}
     if pid == 0:
-        atomic_write_bytes(root / "manifest.json", (json.dumps(manifest, indent=1, default=str) + "\n").encode())
+        storage.atomic_write_bytes(root / "manifest.json", (json.dumps(manifest, indent=1, default=str) + "\n").encode())
     for s in shards:
         if s.index % count != pid:
             continue
         path = _shard_path(root, s)
-        if _load_shard(path, len(s.image_index)) is None:
-            attacks.save_result(path, _run_shard(s, logits_fns[s.model], images, spec, devices))
+        if storage.load_arrays(path, attacks.AttackResult, len(s.image_index)) is None:
+            storage.save_arrays(path, _run_shard(s, logits_fns[s.model], images, spec, devices))
         if progress is not None:
             progress(len(s.image_index))
     if count > 1:
@@ -186,19 +176,19 @@ def assemble(spec: SweepSpec, labels, out_dir) -> dict:
     root = pathlib.Path(out_dir) / spec.digest()
     parts: dict = {}
     for s in expand(spec, labels):
-        res = _load_shard(_shard_path(root, s), len(s.image_index))
+        res = storage.load_arrays(_shard_path(root, s), attacks.AttackResult, len(s.image_index))
         if res is None:
             raise RuntimeError(f"shard {s.index} ({_shard_path(root, s)}) is missing or corrupt: rerun the sweep")
         parts.setdefault((s.model, s.config), []).append(res)
-    results = {k: attacks.AttackResult(*(np.concatenate(f) for f in zip(*v))) for k, v in parts.items()}
+    results = {k: storage.concat(v) for k, v in parts.items()}
     flat = {f"{m}|{c}|{f}": getattr(r, f) for (m, c), r in results.items() for f in attacks.AttackResult._fields}
-    atomic_write_npz(root / "result.npz", **flat)
+    storage.atomic_write_npz(root / "result.npz", **flat)
     summary = {f"{m} | config {c}": attacks.summarize(r) for (m, c), r in results.items()}
-    atomic_write_bytes(root / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    storage.atomic_write_bytes(root / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     return results
 
 
 def result_digest(results: dict) -> str:
     """SHA-256 over every array of an assembled result (to compare runs for bitwise identity)."""
-    return attacks.checksum({f"{m}|{c}|{f}": getattr(r, f) for (m, c), r in results.items()
+    return storage.checksum({f"{m}|{c}|{f}": getattr(r, f) for (m, c), r in results.items()
                       for f in attacks.AttackResult._fields})

@@ -72,14 +72,37 @@ def paper_magnify_literal(images, perturbed, scale: float = 0.1, box=(0.0, 1.0))
     return jnp.clip(x + (scale * r / norm).reshape(x.shape), *box)
 
 
-def noise_with_rms(key: jax.Array, images, rms, box=(0.0, 1.0)) -> jax.Array:
-    """Gaussian-direction noise whose realised per-pixel RMS inside ``box`` is ``rms`` per image (a
-    scalar or ``[N]``): the control "noise of the same size" with clipping accounted for, unlike
-    ``attacks.matched_noise``, whose stddev (before clipping) is matched."""
-    x = jnp.asarray(images)
-    return rescale_to_rms(x, x + jax.random.normal(key, x.shape, x.dtype), rms, box)
-
-
 def mean_rms(images, perturbed) -> float:
     """Mean over images of the realised per-pixel RMS of ``perturbed − images`` (the tables' distortion)."""
     return float(jnp.mean(distortion(images, perturbed)))
+
+
+def cross_model_summary(matrix: dict, adversarial_rows, columns) -> dict:
+    """Mean off-diagonal error of the adversarial rows vs the matched-noise rows (same columns): Table 2's
+    transfer claim. Row ``r``'s matched-noise row is named ``"Noise matched to RMS of r"``."""
+    adv = [matrix[r][c] for r in adversarial_rows for c in columns if c != r]
+    noise = [matrix[f"Noise matched to RMS of {r}"][c] for r in adversarial_rows for c in columns if c != r]
+    return {"adversarial_off_diagonal": float(np.mean(adv)) if adv else None,
+            "matched_noise_off_diagonal": float(np.mean(noise)) if noise else None}
+
+
+def trained_on_other_half(a: str, b: str) -> bool:
+    """Were two Table 4 models trained on different halves? (A trailing ' marks the P2 model.)"""
+    return a.endswith("'") != b.endswith("'")
+
+
+def cross_training_summary(matrix: dict, columns, magnified_suffix: str) -> dict:
+    """Table 4's means: error of models trained on the other half (adversarial, magnified, matched noise)
+    and of other architectures on the same half, and the Gaussian controls."""
+    def mean(suffix, pick):
+        v = [matrix[f"Distorted for {r}{suffix}"][c] for r in columns for c in columns if pick(r, c)]
+        return float(np.mean(v)) if v else None
+
+    other = trained_on_other_half
+    return {"adv_other_set": mean("", other),
+            "adv_same_set_other_model": mean("", lambda r, c: r != c and not other(r, c)),
+            "magnified_other_set": mean(magnified_suffix, other),
+            "gaussian_006": float(np.mean([matrix["Gaussian noise, stddev 0.06"][c] for c in columns])),
+            "gaussian_01": float(np.mean([matrix["Gaussian noise, stddev 0.1"][c] for c in columns])),
+            "matched_other_set": float(np.mean([matrix[f"Noise matched to RMS of {r}"][c]
+                                                for r in columns for c in columns if other(r, c)]))}

@@ -96,3 +96,60 @@ def compare(a, b, *, seed: int = 0, permutations: int = 10000, bootstrap: int = 
     sd = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
     d = diff / sd if sd > 0 else 0.0
     return Comparison(float(a.mean()), float(b.mean()), float(diff), float(lo), float(hi), float(p), float(d))
+
+
+METRICS = ("purity", "entropy", "similarity")
+
+
+def layer_activations(model, params, images, layer: int, batch: int = 2000) -> np.ndarray:
+    """``model.activations(params, images)[layer]`` in jitted batches, as numpy."""
+    fn = jax.jit(lambda x: model.activations(params, x)[layer])
+    return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def _describe(v) -> dict:
+    v = np.asarray(v, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v))}
+
+
+def analyse(model, params, images, labels, layer: int, key: jax.Array, *, k: int = 8, seed: int = 0) -> dict:
+    """The unit-analysis design: top-``k`` sets of every unit of a layer vs as many random directions,
+    scored and compared, with floors that show the score can tell.
+
+    Groups: all units, live units (not constant on ``images``: a dead ReLU ranks images arbitrarily),
+    random directions of the layer, the same layer of an untrained network (units and random directions),
+    random directions in pixel space, and random image sets.
+
+    Args:
+      model, params: a registry model and its trained weights; layer: index into ``model.activations``.
+      images, labels: the held-out set (flat images; pixel space is the reference feature space).
+      key: PRNG key (untrained weights, random directions, random sets: ``fold_in(key, 0..4)``).
+      k: images per direction. seed: of the permutation test and bootstrap.
+
+    Returns:
+      dict: ``k``, ``directions``, ``dead_units``, ``live_units``, ``scores`` (mean/std/median per group and
+      metric), ``comparisons`` (``compare`` per pair and metric), and ``_sets``/``_scores`` (for figures).
+    """
+    x, y = images, labels
+    acts = layer_activations(model, params, x, layer)
+    d = acts.shape[1]
+    live = acts.max(0) > acts.min(0)
+    untrained = layer_activations(model, model.init(jax.random.fold_in(key, 0)), x, layer)
+    groups = {"units": (acts, natural_basis(d)), "live units": (acts, natural_basis(d)[live]),
+              "random": (acts, random_directions(jax.random.fold_in(key, 1), d, d)),
+              "untrained units": (untrained, natural_basis(d)),
+              "untrained random": (untrained, random_directions(jax.random.fold_in(key, 2), d, d)),
+              "pixel random": (x, random_directions(jax.random.fold_in(key, 3), d, x.shape[1]))}
+    sets = {name: np.asarray(top_k(a, dirs, k)) for name, (a, dirs) in groups.items()}
+    m = len(sets["units"])
+    sets["random images"] = np.asarray(jax.random.choice(jax.random.fold_in(key, 4), len(x), (m, k), replace=True))
+    scores = {name: coherence(s, y, x) for name, s in sets.items()}
+    pairs = {"units vs random": ("units", "random"), "live units vs random": ("live units", "random"),
+             "random vs untrained random (floor)": ("random", "untrained random"),
+             "random vs pixel random (floor)": ("random", "pixel random"),
+             "random vs random images (floor)": ("random", "random images")}
+    comparisons = {label: {metric: compare(getattr(scores[a], metric), getattr(scores[b], metric), seed=seed)._asdict()
+                           for metric in METRICS} for label, (a, b) in pairs.items()}
+    return {"k": k, "directions": m, "dead_units": m - int(live.sum()), "live_units": np.flatnonzero(live).tolist(),
+            "scores": {g: {metric: _describe(getattr(s, metric)) for metric in METRICS} for g, s in scores.items()},
+            "comparisons": comparisons, "_sets": sets, "_scores": scores}

@@ -10,20 +10,16 @@ import time
 
 import jax
 
-from intriguing_jax import checkpoint, models, provenance, train
+from intriguing_jax import checkpoint, models, provenance, storage, train
 from intriguing_jax.data import MNIST
 
 log = logging.getLogger(__name__)
 
 
-def _key(name: str, split: str, seed: int, cfg: train.TrainConfig) -> str:
-    cfg_hash = provenance.config_hash(cfg)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return f"{safe}_{split}_s{seed}_{cfg_hash}"
-
-
 def checkpoint_path(workdir, name, split, seed, cfg) -> pathlib.Path:
-    return pathlib.Path(workdir) / "checkpoints" / (_key(models.canonical_name(name), split, seed, cfg) + ".ckpt")
+    """Where a trained model lives: keyed by model, training split, seed and training config."""
+    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{storage.cache_key(cfg)}"
+    return pathlib.Path(workdir) / "checkpoints" / (stem + ".ckpt")
 
 
 def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from intriguing_jax import attacks, data, exact, lbfgsb, models, train
+from intriguing_jax import attack_engine, attacks, data, exact, lbfgsb, models, noise, train
 from tests.conftest import synthetic_mnist
 
 CFG = attacks.AttackConfig(c_steps=14, maxiter=200)
@@ -118,14 +118,14 @@ def test_batched_solver_no_worse_than_jaxopt(linear, mnist):
     const = jnp.full((len(t),), 0.05)
     flat, tt = jnp.asarray(x), jnp.asarray(t)
     cfg = attacks.AttackConfig(maxiter=200)
-    objective = lambda r: attacks._objective(fn, flat, tt, const, r, cfg)
+    objective = lambda r: attack_engine._objective(fn, flat, tt, const, r, cfg)
 
     def vg(r, aux):
         (_, f), g = jax.value_and_grad(lambda r: (jnp.sum(objective(r)), objective(r)), has_aux=True)(r)
         return f, g
 
     r_ours = lbfgsb.minimize(vg, jnp.zeros_like(flat), -flat, 1 - flat, maxiter=200, ftol=cfg.ftol).x
-    r_ref, _ = attacks._solve_box_lbfgs(fn, flat, tt, const, jnp.zeros_like(flat),
+    r_ref, _ = attack_engine._solve_box_lbfgs(fn, flat, tt, const, jnp.zeros_like(flat),
                                         attacks.AttackConfig(maxiter=200, solver="jaxopt"))
     r_ref = jnp.clip(flat + r_ref, 0, 1) - flat  # jaxopt may leave the box (PITFALLS)
     assert np.all(np.asarray(objective(r_ours)) <= np.asarray(objective(r_ref)) + 1e-4)
@@ -157,6 +157,21 @@ def test_untargeted_closest_over_wrong_labels(mlp, mnist):
     np.testing.assert_allclose(res.l2[0], np.min(np.where(every.success, every.l2, np.inf)), rtol=1e-3)
 
 
+def test_untargeted_in_blocks_equals_one_batch(mlp, mnist):
+    """max_rows bounds memory: images go through in blocks (the last padded); same examples as one batch."""
+    model, params = mlp
+    x, y, _ = correctly_classified(model, params, mnist.test, 5)
+    fn = Partial(model.apply, params)
+    cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=9, c_steps=3, maxiter=20)
+    whole = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)
+    blocked = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=18)  # 2 images per block
+    np.testing.assert_array_equal(np.asarray(blocked.target), np.asarray(whole.target))
+    np.testing.assert_array_equal(np.asarray(blocked.success), np.asarray(whole.success))
+    np.testing.assert_allclose(np.asarray(blocked.adversarial), np.asarray(whole.adversarial), atol=1e-6)
+    with pytest.raises(ValueError, match="max_rows"):
+        attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=5)
+
+
 @pytest.mark.parametrize("images, targets, match", [
     (np.zeros((784,), np.float32), np.zeros((1,), np.int32), "rank"),
     (np.zeros((2, 784), np.int32), np.zeros((2,), np.int32), "floating"),
@@ -183,13 +198,13 @@ def test_bad_logits_fn_is_a_clear_error():
 
 def test_noise_controls(key):
     x = jnp.full((4, 784), 0.5)
-    noisy = attacks.gaussian_noise(key, x, 0.1)
+    noisy = noise.gaussian_noise(key, x, 0.1)
     assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
     np.testing.assert_allclose(attacks.distortion(x, noisy), 0.1, rtol=0.1)
     adv = x + jnp.array([0.01, 0.02, 0.05, 0.1])[:, None] * jnp.sign(jax.random.normal(key, (4, 784)))
-    matched = attacks.matched_noise(key, x, adv)
+    matched = noise.matched_noise(key, x, adv)
     np.testing.assert_allclose(attacks.distortion(x, matched), attacks.distortion(x, adv), rtol=0.1)
-    assert attacks.gaussian_noise(key, x, 3.0, clip=False).max() > 1
+    assert noise.gaussian_noise(key, x, 3.0, clip=False).max() > 1
 
 
 def test_attack_in_chunks_matches_one_call_and_resumes(mlp, mnist, tmp_path):
@@ -247,9 +262,9 @@ def test_compiles_once_for_new_weights(mlp, mnist):
     x, _, t = correctly_classified(model, params, mnist.test, 4)
     cfg = dataclasses.replace(attacks.AttackConfig.smoke(), c_steps=2, maxiter=5)
     attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=cfg)
-    compiled = attacks._attack_streaming._cache_size()
+    compiled = attack_engine.attack_streaming._cache_size()
     for scale in (0.9, 1.1, 0.8):
         p = jax.tree.map(lambda a, s=scale: a * s, params)
         res = attacks.lbfgs_attack(Partial(model.apply, p), x, t, config=cfg)
         assert res.l2.shape == (4,)
-    assert attacks._attack_streaming._cache_size() == compiled
+    assert attack_engine.attack_streaming._cache_size() == compiled

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from intriguing_jax import attacks, sweep
+from intriguing_jax import attacks, storage, sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_killed_sweep_resumes_to_the_identical_result(reference, tmp_path):
     done = sorted(tmp_path.glob("*/shard_*.npz"))
     assert 0 < len(done) < 14, done  # killed mid-way (14 shards in all)
     for path in done:  # whatever carries a final name is complete (temp file + rename)
-        assert sweep._load_shard(path, 16) is not None
+        assert storage.load_arrays(path, attacks.AttackResult, 16) is not None
     assert _digest(_worker(tmp_path)) == [reference[1]]
 
 

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from intriguing_jax import checkpoint, models, train, zoo
@@ -60,3 +61,25 @@ def test_zoo_trains_once_then_loads(tmp_path, tiny_mnist):
     _, p2, meta2 = zoo.trained("FC10(1e-2)", tiny_mnist, split="p1", cfg=cfg, workdir=tmp_path)
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     assert meta2 == meta
+
+
+def test_hook_extra_data_enters_the_loss_and_is_refreshed(key):
+    """The one training loop: a hook's extra data reaches the loss; before_step replaces it."""
+    seen = []
+
+    class Shift(train.Hook):
+        def before_step(self, step, k, params, extra):
+            seen.append(step)
+            return extra + 1.0 if step == 2 else extra
+
+    def loss_fn(p, batch, extra, k):
+        (x,) = batch
+        return jnp.mean((p["w"] * x - extra) ** 2)
+
+    data = (np.ones((8,), np.float32),)
+    state, hist = train.run_epochs(loss_fn, train.TrainState({"w": jnp.zeros(())}, None, jnp.zeros(())),
+                                   optax.sgd(0.1), data, key, 2, 4, hook=Shift())
+    assert seen == [0, 1, 2, 3] and float(state.extra) == 1.0 and len(hist) == 2
+    resumed, hist2 = train.run_epochs(loss_fn, state, optax.sgd(0.1), data, key, 3, 4, hook=Shift(),
+                                      start_epoch=2)
+    assert seen[-2:] == [4, 5] and len(hist2) == 1

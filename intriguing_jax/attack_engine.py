@@ -1,0 +1,340 @@
+"""The search inside the L-BFGS attack: the objective, the per-example search for c, the solver rows
+that examples stream through, and the shortening of each result back to the decision boundary.
+
+``attacks.lbfgs_attack`` validates its input and calls ``attack_streaming`` (or the ``jaxopt`` reference
+``attack_lockstep``); both are jitted with the config static and the model (a ``jax.tree_util.Partial``)
+traced, so new weights reuse the compiled program.
+
+References: Szegedy et al. 2014, Sec. 4.1; Byrd, Lu, Nocedal & Zhu 1995 (L-BFGS-B, ``lbfgsb``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+from intriguing_jax import lbfgsb
+
+if TYPE_CHECKING:
+    from intriguing_jax.attacks import AttackConfig, AttackResult
+
+
+# ---- objective and solvers -------------------------------------------------------------------
+
+
+def _loss(logits, targets, cfg: "AttackConfig"):
+    """Per-example classification term ``[N]`` toward ``targets``."""
+    if cfg.loss == "ce":
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+    return jax.nn.relu(-_margin(logits, targets) + cfg.kappa)  # zero once the target leads by kappa
+
+
+def _margin(logits, targets):
+    """How far the target logit leads every other one (> 0: the target is predicted)."""
+    z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return z_t - jnp.max(others, axis=1)
+
+
+def _objective(logits_fn, x, targets, const, r, cfg: "AttackConfig"):
+    """Per-example objective ``[N]`` for flat ``x, r`` ``[N, D]`` (images reshaped by the caller)."""
+    sq = jnp.sum(r ** 2, axis=1)
+    pen = sq if cfg.penalty == "l2_squared" else jnp.sqrt(sq + 1e-12)
+    return const * pen + _loss(logits_fn(x + r), targets, cfg)
+
+
+def _penalty(r, const, cfg: "AttackConfig"):
+    """``const · pen(r)`` and its gradient, per row."""
+    sq = jnp.sum(r ** 2, axis=1)
+    if cfg.penalty == "l2_squared":
+        return const * sq, (2 * const)[:, None] * r
+    norm = jnp.sqrt(sq + 1e-12)
+    return const * norm, (const / norm)[:, None] * r
+
+
+def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: "AttackConfig"):
+    """Reference solver: ``jaxopt.LBFGSB`` run per example under ``jax.vmap``.
+
+    jaxopt is unmaintained (0.8.5 is its last release); it stays behind this one function. Keyword
+    arguments avoid the names ``params``, ``state``, ``bounds`` and ``c`` (they clash inside jaxopt).
+    """
+    import jaxopt  # deferred: it warns on import that it is unmaintained
+
+    def fun(r, image, target, const):
+        return _objective(flat_logits, image[None], target[None], const, r[None], cfg)[0]
+
+    solver = jaxopt.LBFGSB(fun=fun, maxiter=cfg.maxiter, tol=cfg.tol, history_size=cfg.history)
+    lo, hi = cfg.box
+
+    def one(image, target, const, r_init):
+        out = solver.run(r_init, bounds=(lo - image, hi - image), image=image, target=target, const=const)
+        return out.params, out.state.num_grad_eval
+
+    r, evals = jax.vmap(one)(x, targets, const, r0)
+    # lanes run in lockstep under vmap: every row is evaluated as often as the slowest lane
+    return r, jnp.full_like(evals, jnp.max(evals))
+
+
+# ---- the c search ------------------------------------------------------------------------------
+
+
+class _Search(NamedTuple):
+    """Per-example state of the search for the largest successful c (all ``[N]`` unless noted)."""
+
+    c: jax.Array  # the c being solved for (then: the next c to try)
+    c_ok: jax.Array  # largest successful c (0: none yet)
+    c_fail: jax.Array  # smallest failing c (inf: none yet)
+    m_ok: jax.Array  # the target's lead at c_ok's solution (> 0)
+    m_fail: jax.Array  # ... at c_fail's (<= 0)
+    steps: jax.Array  # solves done
+    best_z: jax.Array  # [N, D] smallest successful example, else the smallest-c attempt
+    best_sq: jax.Array  # its squared distance (inf until a success)
+    best_c: jax.Array
+    found: jax.Array  # any success
+
+
+def _new_search(c, x) -> _Search:
+    n = x.shape[0]
+    return _Search(c=c, c_ok=jnp.zeros((n,), x.dtype), c_fail=jnp.full((n,), jnp.inf, x.dtype),
+                   m_ok=jnp.zeros((n,), x.dtype), m_fail=jnp.zeros((n,), x.dtype),
+                   steps=jnp.zeros((n,), jnp.int32), best_z=x, best_sq=jnp.full((n,), jnp.inf, x.dtype),
+                   best_c=jnp.full((n,), jnp.inf, x.dtype), found=jnp.zeros((n,), bool))
+
+
+def _update_search(s: _Search, done, z, sq, margin, cfg: "AttackConfig") -> tuple[_Search, jax.Array, jax.Array]:
+    """Records the solves that ended (``done``) at examples ``z`` (squared distance ``sq``, target lead
+    ``margin``) and picks each one's next c. Returns the new state, which examples improved their best,
+    and which are finished (``c_steps`` solves, or a bracket tight enough: ``c_fail ≤ c_ok·(1 + c_rtol)``).
+
+    Bracketing multiplies (divides) c by ``c_factor`` until one success and one failure are seen; then
+    the next c is the secant root of the target's lead in log c between the two (``c_search="secant"``,
+    kept inside the middle 80% of the bracket), or the log-midpoint (``"bisect"``).
+    """
+    ok = done & (margin > 0)
+    fail = done & ~(margin > 0)
+    better = ok & (sq < s.best_sq)
+    replace = better | (fail & ~s.found & (s.c <= s.best_c))  # before a success: the smallest c tried
+    c_ok = jnp.where(ok, jnp.maximum(s.c_ok, s.c), s.c_ok)
+    c_fail = jnp.where(fail, jnp.minimum(s.c_fail, s.c), s.c_fail)
+    m_ok = jnp.where(ok & (s.c >= s.c_ok), margin, s.m_ok)
+    m_fail = jnp.where(fail & (s.c <= s.c_fail), margin, s.m_fail)
+    lo_c, hi_c = jnp.log(jnp.maximum(c_ok, 1e-30)), jnp.log(jnp.minimum(c_fail, 1e30))
+    if cfg.c_search == "secant":
+        frac = jnp.clip(m_ok / jnp.maximum(m_ok - m_fail, 1e-30), 0.1, 0.9)
+    else:
+        frac = 0.5
+    inner = jnp.exp(lo_c + frac * (hi_c - lo_c))
+    c_next = jnp.where(jnp.isinf(c_fail), s.c * cfg.c_factor, jnp.where(c_ok == 0, s.c / cfg.c_factor, inner))
+    steps = s.steps + done.astype(jnp.int32)
+    tight = c_fail <= c_ok * (1 + cfg.c_rtol)
+    finished = done & ((steps >= cfg.c_steps) | tight)
+    new = _Search(c=jnp.where(done, c_next, s.c), c_ok=c_ok, c_fail=c_fail, m_ok=m_ok, m_fail=m_fail,
+                  steps=steps, best_z=jnp.where(replace[:, None], z, s.best_z),
+                  best_sq=jnp.where(better, sq, s.best_sq), best_c=jnp.where(replace, s.c, s.best_c),
+                  found=s.found | ok)
+    return new, better, finished
+
+
+def _first_c(loss, grad, cfg: "AttackConfig"):
+    """Each example's first c. With ``c_init=None``, from the loss and its gradient at the clean image:
+    linearising the classifier, the boundary is ≈ loss/‖g‖ away and the minimiser of c‖r‖² + loss sits
+    there when c ≈ ‖g‖²/(4·loss) (the gradient halves on the way for cross-entropy); ``c_init_scale``
+    multiplies that estimate (measured, ``benchmarks/RESULTS.md``)."""
+    if cfg.c_init is not None:
+        return jnp.full_like(loss, cfg.c_init)
+    est = jnp.sum(grad ** 2, axis=1) / (4 * jnp.maximum(loss, 1e-6))
+    return jnp.clip(cfg.c_init_scale * est, 1e-6, 1e6)
+
+
+# ---- the attack: examples streaming through a fixed set of solver slots -----------------------------
+
+
+class _Slots(NamedTuple):
+    index: jax.Array  # [B] the example in each slot (N: empty)
+    x: jax.Array  # [B, D] its clean image
+    target: jax.Array  # [B]
+    fresh: jax.Array  # [B] just loaded: the next evaluation is at the clean image
+    solving: jax.Array  # [B] a solve for the current c is under way (or just ended)
+    solver: lbfgsb.State  # over the adversarial image z itself (bounds: the box)
+    search: _Search
+    margin: jax.Array  # [B] the target's lead at the solver's current point
+    base: tuple  # (loss [B], grad [B, D], margin [B]) at the clean image
+    best: tuple  # (loss, grad, margin) at search.best_z, for warm starts without an evaluation
+    evals: jax.Array  # [B] evaluations spent on the example so far
+
+
+def _evaluate(flat_logits, z, targets, cfg):
+    """(loss [B], its gradient [B, D], the target's lead [B]) at ``z``: one batched value-and-grad."""
+    def total(z):
+        logits = flat_logits(z)
+        loss = _loss(logits, targets, cfg)
+        return jnp.sum(loss), (loss, _margin(logits, targets))
+    (_, (loss, margin)), grad = jax.value_and_grad(total, has_aux=True)(z)
+    return loss, grad, margin
+
+
+def _rows_where(mask, new, old):
+    """``new`` in the rows where ``mask`` [B] holds, else ``old`` (arrays of any rank, rows first)."""
+    return jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+
+def _load(images, targets, index, n):
+    """The clean images and targets of slots ``index`` (empty slots get a copy of example 0)."""
+    safe = jnp.minimum(index, n - 1)
+    return images[safe], targets[safe]
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
+def attack_streaming(logits_fn: Partial, images, targets, shape, cfg: "AttackConfig", slots: int) -> "AttackResult":
+    """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
+    example's slot takes the next waiting example at once, so every batched evaluation serves an
+    example still being solved (until the queue runs dry). One while loop: one compilation of one
+    evaluation of the model, whatever the number of c steps."""
+    n, d = images.shape
+    lo, hi = cfg.box
+    opts = lbfgsb.Options(maxiter=cfg.maxiter, tol=cfg.tol, ftol=cfg.ftol)
+
+    def flat_logits(z):
+        return logits_fn(z.reshape((z.shape[0],) + shape))
+
+    def empty_slots(index):
+        x, t = _load(images, targets, index, n)
+        zeros = jnp.zeros((slots,), x.dtype)
+        return _Slots(index=index, x=x, target=t, fresh=index < n, solving=jnp.zeros((slots,), bool),
+                      solver=lbfgsb.init_rows(x, zeros, jnp.zeros_like(x), lo, hi, history=cfg.history,
+                                              tol=jnp.inf),
+                      search=_new_search(zeros, x), margin=zeros, base=(zeros, jnp.zeros_like(x), zeros),
+                      best=(zeros, jnp.zeros_like(x), zeros), evals=jnp.zeros((slots,), jnp.int32))
+
+    def tick(carry):
+        sl, out, queued = carry
+        solver, zt = lbfgsb.propose(sl.solver, lo, hi)
+        loss, grad, margin = _evaluate(flat_logits, jnp.where(sl.fresh[:, None], sl.x, zt), sl.target, cfg)
+        evals = sl.evals + (sl.index < n)
+        # the solving rows' trial
+        pen, pen_grad = _penalty(zt - sl.x, sl.search.c, cfg)
+        solver, took = lbfgsb.accept(solver, zt, loss + pen, grad + pen_grad, lo, hi, opts)
+        cur_margin = jnp.where(took, margin, sl.margin)
+        done = sl.solving & ~solver.active
+        r = solver.x - sl.x
+        search, better, finished = _update_search(sl.search, done, solver.x, jnp.sum(r ** 2, axis=1),
+                                                  cur_margin, cfg)
+        pen, pen_grad = _penalty(r, sl.search.c, cfg)
+        best = tuple(_rows_where(better, v, a) for a, v in zip(sl.best, (solver.f - pen, solver.g - pen_grad,
+                                                                          cur_margin)))
+        # freshly loaded rows: their clean image was evaluated; start their first solve (or finish)
+        trivial = sl.fresh & (margin > 0)
+        start = sl.fresh & ~trivial
+        base = tuple(_rows_where(start, v, a) for a, v in zip(sl.base, (loss, grad, margin)))
+        c = jnp.where(start, _first_c(loss, grad, cfg), search.c)
+        search = search._replace(c=c)
+        # rows starting a solve: from the best success so far (warm) or the clean image; their value
+        # and gradient there follow from the stored loss terms, no evaluation needed
+        again = done & ~finished
+        warm = again & search.found if cfg.warm_start else jnp.zeros_like(again)
+        z0 = _rows_where(warm, search.best_z, sl.x)
+        l0, g0, m0 = (_rows_where(warm, b, a) for a, b in zip(base, best))
+        pen, pen_grad = _penalty(z0 - sl.x, c, cfg)
+        restart = again | start
+        solver = lbfgsb.restart_rows(solver, restart, z0, l0 + pen, g0 + pen_grad, lo, hi, tol=cfg.tol)
+        cur_margin = jnp.where(restart, m0, cur_margin)
+        solving = (sl.solving & ~finished) | start
+        # finished examples leave their results and make room for the next ones
+        leave = finished | trivial
+        dest = jnp.where(leave, sl.index, n)
+        out_z, out_c, out_evals = out
+        out = (out_z.at[dest].set(jnp.where(trivial[:, None], sl.x, search.best_z), mode="drop"),
+               out_c.at[dest].set(jnp.where(trivial, jnp.inf, search.best_c), mode="drop"),
+               out_evals.at[dest].set(evals, mode="drop"))
+        rank = jnp.cumsum(leave) - 1
+        index = jnp.where(leave, jnp.minimum(queued + rank, n), sl.index)
+        queued = queued + jnp.sum(leave)
+        x_new, t_new = _load(images, targets, index, n)
+        sl = _Slots(index=index, x=_rows_where(leave, x_new, sl.x), target=_rows_where(leave, t_new, sl.target),
+                    fresh=leave & (index < n), solving=solving & ~leave, solver=solver,
+                    search=jax.tree.map(lambda new, old: _rows_where(leave, new, old), _new_search(
+                        jnp.zeros_like(search.c), x_new), search),
+                    margin=cur_margin, base=base, best=best, evals=jnp.where(leave, 0, evals))
+        return sl, out, queued
+
+    out = (images, jnp.full((n,), jnp.inf, images.dtype), jnp.zeros((n,), jnp.int32))
+    carry = (empty_slots(jnp.arange(slots)), out, jnp.asarray(slots, jnp.int32))
+    _, (z, c, evals), _ = jax.lax.while_loop(lambda cr: jnp.any(cr[0].index < n), tick, carry)
+    return finish(flat_logits, images, targets, z, c, evals, shape, cfg, slots)
+
+
+def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackResult":
+    """The result, with each successful perturbation shortened back to the decision boundary (bisection
+    of its length, ``shrink_steps`` forward passes) and every example re-verified on the exact returned
+    image. Forward passes run in blocks of ``block`` rows (memory bounded by the block)."""
+    from intriguing_jax.attacks import AttackResult  # attacks imports this module
+    n, d = x.shape
+    lo, hi = cfg.box
+    size = -(-n // block) * block
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])  # noqa: E731
+    blocks = lambda a: pad(a).reshape((-1, block) + a.shape[1:])  # noqa: E731
+
+    def finish(args):
+        xb, zb, tb = args
+        r = jnp.clip(zb, lo, hi) - xb
+        ones = jnp.ones((xb.shape[0],), xb.dtype)
+
+        def probe(i, state):
+            # i = 0 checks the perturbation as found (and gives a failure its prediction); each later
+            # step halves the bracket [short, long] of lengths with long always verified to succeed
+            short, long, first_ok, first_pred = state
+            s = jnp.where(i == 0, ones, 0.5 * (short + long))
+            pred = jnp.argmax(flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi)), -1)
+            ok = pred == tb
+            first_ok = jnp.where(i == 0, ok, first_ok)
+            first_pred = jnp.where(i == 0, pred, first_pred)
+            short = jnp.where((i > 0) & ~ok, s, short)
+            long = jnp.where((i > 0) & ok, s, long)
+            return short, long, first_ok, first_pred
+
+        init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), tb)
+        _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
+        # the returned image is exactly the one verified: x + long·r where the check succeeded
+        return jnp.clip(xb + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, tb, pred)
+
+    x_adv, pred = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
+    x_adv, pred = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n]
+    r = x_adv - x
+    return AttackResult(
+        adversarial=x_adv.reshape((n,) + shape), success=pred == targets,
+        l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
+        distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)), c=c, target=targets, prediction=pred,
+        grad_evals=evals)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "cfg"))
+def attack_lockstep(logits_fn: Partial, x, targets, shape, cfg: "AttackConfig") -> "AttackResult":
+    """The reference: every c step solves the whole batch with ``jaxopt.LBFGSB`` under ``vmap``."""
+    n = x.shape[0]
+    lo, hi = cfg.box
+
+    def flat_logits(z):
+        return logits_fn(z.reshape((z.shape[0],) + shape))
+
+    logits0 = flat_logits(x)
+    trivial = _margin(logits0, targets) > 0
+    c0 = _first_c(_loss(logits0, targets, cfg),
+                  jax.grad(lambda z: jnp.sum(_loss(flat_logits(z), targets, cfg)))(x), cfg)
+
+    def step(carry, _):
+        s, evals = carry
+        r0 = jnp.where(s.found[:, None], s.best_z - x, 0.0) if cfg.warm_start else jnp.zeros_like(x)
+        r, e = _solve_box_lbfgs(flat_logits, x, targets, s.c, r0, cfg)
+        z = jnp.clip(x + r, lo, hi)  # solvers may step slightly outside the box
+        s, _, _ = _update_search(s, jnp.ones((n,), bool), z, jnp.sum((z - x) ** 2, axis=1),
+                                 _margin(flat_logits(z), targets), cfg)
+        return (s, evals + e), None
+
+    (s, evals), _ = jax.lax.scan(step, (_new_search(c0, x), jnp.zeros((n,), jnp.int32)), None,
+                                 length=cfg.c_steps)
+    z = jnp.where(trivial[:, None], x, s.best_z)
+    return finish(flat_logits, x, targets, z, jnp.where(trivial, jnp.inf, s.best_c), evals, shape, cfg, n)

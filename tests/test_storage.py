@@ -1,0 +1,65 @@
+"""Storage: atomic writes with the umask's permissions, checksummed arrays, chunk caches, cache keys."""
+
+import os
+import stat
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from intriguing_jax import attacks, storage, train
+
+
+class Pair(NamedTuple):
+    a: np.ndarray
+    b: np.ndarray
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_files_get_the_umask_permissions(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        storage.write_json(tmp_path / "r.json", {"x": 1})
+        storage.save_arrays(tmp_path / "s.npz", Pair(np.zeros(2), np.ones(2)))
+    finally:
+        os.umask(old)
+    for name in ("r.json", "s.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "s.npz"]  # no temp files left
+
+
+def test_arrays_roundtrip_and_corruption_reads_as_missing(tmp_path):
+    rec = Pair(np.arange(3.0), np.array([1, 2, 3]))
+    storage.save_arrays(tmp_path / "p.npz", rec)
+    got = storage.load_arrays(tmp_path / "p.npz", Pair, 3)
+    np.testing.assert_array_equal(got.a, rec.a) and np.testing.assert_array_equal(got.b, rec.b)
+    assert storage.load_arrays(tmp_path / "p.npz", Pair, 4) is None  # wrong size
+    assert storage.load_arrays(tmp_path / "missing.npz", Pair, 3) is None
+    (tmp_path / "p.npz").write_bytes(b"junk")
+    assert storage.load_arrays(tmp_path / "p.npz", Pair, 3) is None
+    assert storage.checksum({"a": rec.a, "b": rec.b}) == storage.checksum({"b": rec.b, "a": rec.a})
+    assert storage.checksum({"a": rec.a}) != storage.checksum({"a": rec.a.astype(np.float32)})
+
+
+def test_cached_chunks_compute_once_and_resume(tmp_path):
+    calls = []
+
+    def compute(start, stop):
+        calls.append((start, stop))
+        return Pair(np.arange(start, stop, dtype=float), np.arange(start, stop) * 2)
+
+    first = storage.cached_chunks(compute, 7, 3, Pair, tmp_path)
+    assert calls == [(0, 3), (3, 6), (6, 7)] and list(first.b) == [0, 2, 4, 6, 8, 10, 12]
+    (tmp_path / "chunk_00001.npz").write_bytes(b"damaged")
+    calls.clear()
+    again = storage.cached_chunks(compute, 7, 3, Pair, tmp_path)
+    assert calls == [(3, 6)]  # only the damaged chunk is recomputed
+    np.testing.assert_array_equal(again.a, first.a)
+
+
+def test_cache_keys_and_safe_names():
+    assert storage.cache_key(train.TrainConfig()) == storage.cache_key(train.TrainConfig())
+    assert storage.cache_key(train.TrainConfig()) != storage.cache_key(train.TrainConfig(epochs=3))
+    assert len(storage.cache_key(attacks.AttackConfig(), 12)) == 12
+    assert storage.safe_name("FC10(1e-4) a/b") == "FC10_1e-4__a_b"
+    np.testing.assert_array_equal(storage.pad_rows(np.array([1, 2]), 4), [1, 2, 2, 2])

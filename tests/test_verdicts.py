@@ -1,0 +1,70 @@
+"""Each verdict rule on hand-made summaries: the numbers decide, and the sentence says so."""
+
+from intriguing_jax import transfer, verdicts
+
+
+def test_blind_spots_and_weight_decay_order():
+    rows = {"FC10(1e-4)": {"success_rate": 1.0, "mean_distortion": 0.05},
+            "FC10(1e-2)": {"success_rate": 1.0, "mean_distortion": 0.08},
+            "FC10(1)": {"success_rate": 1.0, "mean_distortion": 0.10}}
+    assert verdicts.blind_spots(rows).holds and verdicts.weight_decay_order(rows).holds
+    rows["FC10(1)"] = {"success_rate": 0.9, "mean_distortion": 0.07}
+    assert not verdicts.blind_spots(rows).holds and not verdicts.weight_decay_order(rows).holds
+    assert "does not hold" in verdicts.blind_spots(rows).markdown()
+    assert verdicts.weight_decay_order({"FC10(1)": rows["FC10(1)"]}) is None
+
+
+def test_cross_model_transfer_rule():
+    matrix = {"A": {"A": 1.0, "B": 0.30}, "B": {"A": 0.25, "B": 1.0},
+              "Noise matched to RMS of A": {"A": 0.1, "B": 0.05}, "Noise matched to RMS of B": {"A": 0.05, "B": 0.1}}
+    s = transfer.cross_model_summary(matrix, ["A", "B"], ["A", "B"])
+    assert abs(s["adversarial_off_diagonal"] - 0.275) < 1e-12 and abs(s["matched_noise_off_diagonal"] - 0.05) < 1e-12
+    assert verdicts.cross_model_transfer(s).holds
+    assert not verdicts.cross_model_transfer({"adversarial_off_diagonal": 0.09,
+                                              "matched_noise_off_diagonal": 0.05}).holds  # < 2x
+
+
+def test_noise_rule_names_the_worst_model():
+    v = verdicts.noise_barely_hurts({"stddev": 0.1, "clipped": False, "clean_error": {"A": 0.02, "B": 0.02},
+                                     "noisy_error": {"A": 0.03, "B": 0.10}})
+    assert not v.holds and v.numbers["model"] == "B" and "unclipped" in v.claim
+    v = verdicts.noise_barely_hurts({"stddev": 0.1, "clipped": True, "clean_error": {"A": 0.02},
+                                     "noisy_error": {"A": 0.035}})
+    assert v.holds and "more sensitive" not in v.detail
+
+
+def test_cross_training_rules():
+    s = {"adv_other_set": 0.10, "adv_same_set_other_model": 0.3, "magnified_other_set": 0.4, "gaussian_006": 0.03,
+         "gaussian_01": 0.03, "matched_other_set": 0.04}
+    assert verdicts.cross_training_transfer(s).holds and verdicts.magnified_transfer(s, 0.1).holds
+    s["matched_other_set"] = 0.06
+    assert not verdicts.cross_training_transfer(s).holds  # 0.10 < 2 x 0.06
+
+
+def _cmp(diff, lo, hi, d, p=0.001):
+    return {"purity": {"mean_a": 0.5, "mean_b": 0.5 - diff, "difference": diff, "ci_low": lo, "ci_high": hi,
+                       "p_value": p, "cohens_d": d}}
+
+
+def test_units_rule_and_its_floors():
+    floors = {f"random vs {f} (floor)": _cmp(0.2, 0.1, 0.3, 1.0) for f in ("untrained random", "pixel random")}
+    r = {"layer": "h", "k": 8, "dead_units": 0,
+         "comparisons": {"units vs random": _cmp(0.01, -0.02, 0.04, 0.05),
+                         "live units vs random": _cmp(0.01, -0.02, 0.04, 0.05), **floors}}
+    assert verdicts.units_like_random("M", r).holds
+    r["comparisons"]["live units vs random"] = _cmp(0.1, 0.05, 0.15, 0.8)
+    assert verdicts.units_like_random("M", r).holds is False
+    r["comparisons"]["random vs pixel random (floor)"] = _cmp(0.0, -0.1, 0.1, 0.0, p=0.5)
+    v = verdicts.units_like_random("M", r)
+    assert v.holds is None and "no verdict" in v.markdown()
+
+
+def test_adversarial_training_rules():
+    s = {"weight decay only": {"test_error_mean": 0.016, "test_error_spread": 0.001, "distortion_mean": 0.05},
+         "input pool": {"test_error_mean": 0.015, "test_error_spread": 0.001, "distortion_mean": 0.06},
+         "hidden-layer pools": {"test_error_mean": 0.012, "test_error_spread": 0.001, "distortion_mean": 0.06},
+         "input + hidden-layer pools": {"test_error_mean": 0.0115, "test_error_spread": 0.001, "distortion_mean": 0.07}}
+    assert verdicts.pools_beat_weight_decay(s, 3).holds and verdicts.higher_layers_more_useful(s).holds
+    assert verdicts.distortion_rises(s).numbers["input + hidden-layer pools"] == 1.4
+    s["input + hidden-layer pools"]["test_error_mean"] = 0.013
+    assert not verdicts.pools_beat_weight_decay(s, 3).holds
