@@ -17,6 +17,9 @@ import numpy as np
 from intriguing_jax.attacks import distortion
 
 
+CLIPPED = ", clipped"  # suffix of a noise row whose images were clipped to the box
+
+
 def error_rates(classifiers: Mapping[str, Callable[[np.ndarray], np.ndarray]], images, labels) -> dict:
     """Error rate of each classifier (images -> predicted labels) on ``images`` against ``labels``."""
     labels = np.asarray(labels)
@@ -104,5 +107,8 @@ def cross_training_summary(matrix: dict, columns, magnified_suffix: str) -> dict
             "magnified_other_set": mean(magnified_suffix, other),
             "gaussian_006": float(np.mean([matrix["Gaussian noise, stddev 0.06"][c] for c in columns])),
             "gaussian_01": float(np.mean([matrix["Gaussian noise, stddev 0.1"][c] for c in columns])),
+            **{f"gaussian_{tag}_clipped": float(np.mean([matrix[f"Gaussian noise, stddev {s}{CLIPPED}"][c]
+                                                        for c in columns]))
+               for tag, s in (("006", 0.06), ("01", 0.1)) if f"Gaussian noise, stddev {s}{CLIPPED}" in matrix},
             "matched_other_set": float(np.mean([matrix[f"Noise matched to RMS of {r}"][c]
                                                 for r in columns for c in columns if other(r, c)]))}

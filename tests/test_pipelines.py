@@ -52,12 +52,14 @@ def test_tables_have_the_right_shapes(run):
     ctx, _, _ = run
     t2 = json.loads((ctx.out / "table2.json").read_text())
     assert t2["columns"] == list(MODELS) and t2["num_images"] == 6
-    assert len(t2["matrix"]) == len(MODELS) + 2 + len(MODELS)  # adversarial, Gaussian, matched rows
+    assert len(t2["matrix"]) == len(MODELS) + 4 + len(MODELS)  # adversarial, Gaussian (unclipped, clipped), matched
+    assert abs(t2["rms"]["Gaussian noise, stddev 0.3"] - 0.3) < 0.01  # unclipped: the realised RMS is the stddev
+    assert t2["rms"]["Gaussian noise, stddev 0.3, clipped"] < 0.29
     for name in MODELS:  # an example made for a model and reaching its (wrong) target is an error
         assert t2["matrix"][name][name] >= t2["attack_success"][name] - 1e-9
     t34 = json.loads((ctx.out / "table3_4.json").read_text())
     assert list(t34["table3"]) == [d for d, _, _ in CROSS]
-    assert len(t34["matrix"]) == 3 + 1 + 3 + 1 + 3
+    assert len(t34["matrix"]) == 3 + 2 + 3 + 2 + 3
     assert all(set(r) == {d for d, _, _ in CROSS} for r in t34["matrix"].values())
     mag = [v for k, v in t34["rms"].items() if "magnified" in k]
     assert np.allclose(mag, 0.1, atol=0.02)  # zero perturbations (already-target images) pull it down
