@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
-    python -m experiments.reproduce            # full run (about 30 minutes on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 34 minutes on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
 
@@ -26,7 +26,7 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-FULL_RUN_MINUTES = 38  # measured on this 2-core machine: 35.9 min with two of the models already trained
+FULL_RUN_MINUTES = 34  # measured on this 2-core machine: 33.3 min, every model trained from scratch
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
@@ -39,7 +39,7 @@ made it; JSON beside this file holds every number. Verdict rules are stated with
 
 def context(args) -> common.Context:
     if args.quick:
-        return common.Context(args.workdir, args.results, args.seed, train.TrainConfig(epochs=1, ae_epochs=1),
+        return common.Context(args.workdir, args.results, args.seed, train.TrainConfig(epochs=1, ae_epochs=1, ae_iterations=20),
                               attacks.AttackConfig.smoke(), args.num_images or 16)
     return common.Context(args.workdir, args.results, args.seed, num_images=args.num_images or 1000)
 

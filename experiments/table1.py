@@ -19,7 +19,7 @@ MODELS = paper.TABLE1_MODELS
 def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
     t0 = time.time()
     x, y, targets = common.first_images(ctx, mnist.train)
-    rows = {}
+    rows, filter_figures = {}, {}
     for name in model_names:
         model, params, meta = common.trained(ctx, mnist, name)
         t1 = time.time()
@@ -32,9 +32,15 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                       "attack_wall_s": time.time() - t1, "train_wall_s": meta["provenance"]["wall_time_s"]}
         figures.adversarial_grid(ctx.out / "figures" / f"fig5_{name}.png", x, res.adversarial, y,
                                  res.prediction, title=f"{name}: original | r ×10 | adversarial")
+        if model.spec.autoencoder is not None:  # its unsupervised layer's filters
+            path = ctx.out / "figures" / f"filters_{name}.png"
+            figures.filters(path, params["params"]["dense_0"]["kernel"], title=f"{name}: first 100 of the frozen "
+                            "autoencoder layer's filters")
+            filter_figures[name] = str(path.relative_to(ctx.out))
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
               f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
     result = {"rows": rows, "paper": {k: paper.TABLE1[k] for k in rows}, "num_images": len(x),
+              "filter_figures": filter_figures,
               "provenance": common.record(ctx, t0, pipeline="table1")}
     return common.publish(ctx, "table1.json", "table1_models.md", result, render)
 
@@ -55,4 +61,5 @@ def render(result: dict) -> str:
                             "Av. min. distortion (ours)", "(paper)", "Attack success"], body)
             + "\n" + verdicts.bullets([verdicts.blind_spots(result["rows"]),
                                         verdicts.weight_decay_order(result["rows"])]) + "\n\n"
+            + "".join(f"![{n} filters]({f})\n\n" for n, f in result.get("filter_figures", {}).items())
             + report.provenance_line(result["provenance"]) + "\n")

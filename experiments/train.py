@@ -17,7 +17,8 @@ def main(argv=None):
     p.add_argument("--split", default="train", choices=("train", "p1", "p2"))
     p.add_argument("--epochs", type=int, default=None, help="default: the model's registry default")
     p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
-    p.add_argument("--learning-rate", type=float, default=train.TrainConfig.learning_rate)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="peak Adam rate (default: the model's, e.g. 1e-2 for the MLPs)")
     args = p.parse_args(argv)
     mnist = common.setup(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)

@@ -25,7 +25,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.tree_util import Partial
 
 from intriguing_jax import attacks, checkpoint, train
@@ -151,7 +150,7 @@ class PoolHook(train.Hook):
         return tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
 
 
-def pool_loss(model: Model, adv: AdvTrainConfig) -> Callable:
+def pool_loss(model: Model, adv: AdvTrainConfig, decay: str = "per_unit") -> Callable:
     """``(params, (x, y), pools, key) -> loss``: (1 − mix)·CE(clean) + mix·mean_k CE(pool k) + weight decay,
     with ``pool_batch`` random examples of each pool k run through the layers above k."""
     def loss_fn(p, batch, pools, key):
@@ -163,7 +162,7 @@ def pool_loss(model: Model, adv: AdvTrainConfig) -> Callable:
             pool = jnp.mean(jnp.stack([train.cross_entropy(model.from_layer(p, pl.points[j], k), pl.labels[j])
                                        for k, pl, j in zip(adv.layers, pools, picks)]))
             loss = (1 - adv.mix) * loss + adv.mix * pool
-        return loss + train.weight_decay(p, model.spec.weight_decay)
+        return loss + train.weight_decay(p, model.spec.weight_decay, decay)
     return loss_fn
 
 
@@ -189,7 +188,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")
-    tx = optax.adam(train.lr_schedule(cfg, epochs * steps_per_epoch))
+    tx = train.optimizer(cfg, epochs * steps_per_epoch, cfg.learning_rate or model.spec.learning_rate)
     init_key, pool_key, loop_key = jax.random.split(key, 3)
     state, history, start = None, [], 0
     if checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
@@ -215,7 +214,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
             checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},
                             {"epoch": epoch + 1, "history": history})
 
-    state, _ = train.run_epochs(pool_loss(model, adv), state, tx, (split.images, split.labels), loop_key, epochs,
+    state, _ = train.run_epochs(pool_loss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key, epochs,
                                 cfg.batch_size, hook=PoolHook(model, split, adv), start_epoch=start,
                                 on_epoch=end_of_epoch)
     return state.params, history

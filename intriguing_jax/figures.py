@@ -89,3 +89,21 @@ def curves(path, histories: dict, *, keys: tuple[str, ...], xlabel: str = "epoch
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def filters(path, kernel, *, num: int = 100, per_row: int = 10, title: str = "") -> None:
+    """The first ``num`` columns of a dense kernel ``[784, units]`` as 28×28 images, each scaled to its own
+    range (an autoencoder's filters: pen strokes when trained well, noise when not)."""
+    k = np.asarray(kernel)[:, :num].T
+    rows = -(-len(k) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(0.8 * per_row, 0.8 * rows + 0.3), squeeze=False)
+    for ax, w in zip(axes.ravel(), k):
+        ax.imshow(w.reshape(28, 28), cmap="gray", vmin=w.min(), vmax=w.max())
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / fig.get_figheight(), wspace=0.05,
+                        hspace=0.05)
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -175,6 +175,7 @@ class ModelSpec:
     frozen: tuple[str, ...] = ()
     autoencoder: SparseAutoencoder | None = None
     epochs: int = 30  # our default training length (the paper gives none)
+    learning_rate: float = 1e-2  # our default peak Adam rate (results/training_study.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +207,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _fc(100, 100), _fc(200, 200), _fc(123, 456),
     ModelSpec("AE400-10", MLP((400,)), {"dense_1": 1e-6}, frozen=("dense_0",),
               autoencoder=SparseAutoencoder(400), epochs=60),
-    ModelSpec("ConvNet", ConvNet(), {"dense_0": 1e-5, "dense_1": 1e-5}, epochs=4),
+    ModelSpec("ConvNet", ConvNet(), {"dense_0": 1e-5, "dense_1": 1e-5}, epochs=4, learning_rate=1e-3),
 ]}
 _ALIASES = {"FC10(0.0001)": "FC10(1e-4)", "FC10(0.01)": "FC10(1e-2)", "FC10(1.0)": "FC10(1)"}
 

@@ -12,13 +12,20 @@ def test_weight_decay_formula():
                          "dense_1": {"kernel": 2 * jnp.ones((5, 2)), "bias": jnp.ones(2)}}}
     got = train.weight_decay(params, {"dense_0": 0.5, "dense_1": 1.0})
     np.testing.assert_allclose(got, 0.5 * 20 / 5 + 1.0 * 40 / 2)  # λ·Σw²/k, k = units of the layer
+    sums = {"dense_0": 0.5, "dense_1": 1.0}
+    np.testing.assert_allclose(train.weight_decay(params, sums, "sum"), 0.5 * 20 + 1.0 * 40)
+    np.testing.assert_allclose(train.weight_decay(params, sums, "half_sum"), 0.5 * (0.5 * 20 + 1.0 * 40))
+    with pytest.raises(ValueError, match="decay"):
+        train.TrainConfig(decay="per_example")
+    with pytest.raises(ValueError, match="optimizer"):
+        train.TrainConfig(optimizer="rmsprop")
 
 
 @pytest.mark.parametrize("name", ["FC10(1e-4)", "FC100-100-10", "AE400-10"])
 def test_training_lowers_loss_and_error(name, key, tiny_mnist):
     model = models.build(name)
     before = train.error_rate(model.apply, model.init(jax.random.split(key, 3)[0]), tiny_mnist.test)
-    cfg = train.TrainConfig(epochs=10, batch_size=50, learning_rate=3e-3, ae_epochs=10)
+    cfg = train.TrainConfig(epochs=10, batch_size=50, learning_rate=3e-3, ae_epochs=10, ae_iterations=100)
     params, hist = train.fit(model, tiny_mnist.train, key, cfg)
     assert hist[-1] < hist[0]
     after = train.error_rate(model.apply, params, tiny_mnist.test)
@@ -27,7 +34,7 @@ def test_training_lowers_loss_and_error(name, key, tiny_mnist):
 
 def test_autoencoder_layer_stays_frozen(key, tiny_mnist):
     model = models.build("AE400-10")
-    cfg = train.TrainConfig(epochs=1, batch_size=50, ae_epochs=1)
+    cfg = train.TrainConfig(epochs=1, batch_size=50, ae_epochs=1, ae_iterations=10)
     encoder, _ = train.pretrain_autoencoder(model, tiny_mnist.train, jax.random.split(key, 3)[1], cfg)
     params, _ = train.fit(model, tiny_mnist.train, key, cfg)
     np.testing.assert_array_equal(params["params"]["dense_0"]["kernel"], encoder["kernel"])
