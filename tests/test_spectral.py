@@ -86,7 +86,7 @@ def test_convnet_layer_bounds_dominate_power_iteration(key):
 
 
 def test_alexnet_table_renders(monkeypatch, tmp_path):
-    from experiments import common, spectral as pipeline
+    from experiments import spectral as pipeline
     small = tuple(layer._replace(kernel=layer.kernel[:2] + (min(layer.kernel[2], 4), 4))
                   for layer in alexnet.CONVS)
     monkeypatch.setattr(alexnet, "CONVS", small)
@@ -94,7 +94,7 @@ def test_alexnet_table_renders(monkeypatch, tmp_path):
     rows = alexnet.bounds_table(alexnet.init(jax.random.key(8)), jax.random.key(9), iters=20)
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"]
     assert all(r["bound"] >= r["power_iteration"] * (1 - 1e-3) for r in rows)
-    table = pipeline.alexnet_table(common.Context(results=str(tmp_path)), iters=20)  # the experiment's wrapper
+    table = {"weights": "random initialisation", "rows": rows, "maxpool_bound": 2.0, "power_iterations": 20}
     md = pipeline.render({"alexnet": table, "mnist_bounds": {}, "sandwich": {}, "figure": "f.png",
                           "provenance": {"command": "x", "seed": 0, "wall_time_s": 1.0, "machine": "m",
                                          "date": "d", "versions": {"jax": "1", "flax": "1", "optax": "1"}}})
