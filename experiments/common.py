@@ -14,7 +14,7 @@ import numpy as np
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
-from intriguing_jax import attacks, compile_cache, data, models, provenance, storage, train, zoo
+from intriguing_jax import attacks, compile_cache, data, models, noise, provenance, storage, train, transfer, zoo
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -116,6 +116,13 @@ def attack_summary(ctx: Context, model: models.Model, params, images, targets, c
     return attacks.summarize(attacks.attack_in_chunks(Partial(model.apply, params), images, targets,
                                                       config=ctx.attack_cfg, chunk_size=ctx.chunk_size,
                                                       cache_dir=cache_dir))
+
+
+def gaussian_rows(key, images, stddev) -> dict:
+    """Table rows of one Gaussian-noise draw: unclipped (the paper's reading: realised RMS = stddev) and
+    the same draw clipped to [0, 1] (row name + ``transfer.CLIPPED``)."""
+    return {f"Gaussian noise, stddev {stddev}{tag}": np.asarray(noise.gaussian_noise(key, images, stddev, clip=clip))
+            for tag, clip in (("", False), (transfer.CLIPPED, True))}
 
 
 def first_images(ctx: Context, split: data.Split, salt: int = 0):

@@ -31,9 +31,8 @@ def run(ctx: common.Context, mnist, model_names=paper.TABLE1_MODELS) -> dict:
     for n, (m, p, _) in trained.items():
         res = common.attack(ctx, n, "train", m, p, x, targets, "train")
         images[n], success[n] = res.adversarial, float(np.mean(res.success))
-    for i, s in enumerate(GAUSSIAN):  # the same draw unclipped (the paper's reading) and clipped
-        images[f"Gaussian noise, stddev {s}"] = np.asarray(noise.gaussian_noise(ctx.key(2, i), x, s, clip=False))
-        images[f"Gaussian noise, stddev {s}{transfer.CLIPPED}"] = np.asarray(noise.gaussian_noise(ctx.key(2, i), x, s))
+    for i, s in enumerate(GAUSSIAN):
+        images.update(common.gaussian_rows(ctx.key(2, i), x, s))
     for i, n in enumerate(model_names):
         images[f"Noise matched to RMS of {n}"] = np.asarray(
             noise.noise_with_rms(ctx.key(3, i), x, attacks.distortion(x, images[n])))

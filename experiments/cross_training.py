@@ -38,10 +38,10 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
                            "success_rate": stats["success_rate"], "failures": stats["failures"],
                            "mean_distortion": stats["mean_distortion"]}
     rows = {f"Distorted for {d}": a for d, a in adv.items()}
-    rows.update(_gaussian(ctx.key(5, 0), x, 0.06))
+    rows.update(common.gaussian_rows(ctx.key(5, 0), x, 0.06))
     rows.update({f"Distorted for {d}{MAGNIFIED}": np.asarray(transfer.rescale_to_rms(x, a, MAGNIFIED_RMS))
                  for d, a in adv.items()})
-    rows.update(_gaussian(ctx.key(5, 1), x, 0.1))
+    rows.update(common.gaussian_rows(ctx.key(5, 1), x, 0.1))
     rows.update({f"Noise matched to RMS of {d}": np.asarray(noise.noise_with_rms(
         ctx.key(5, 2 + i), x, attacks.distortion(x, a))) for i, (d, a) in enumerate(adv.items())})
     literal = {f"Distorted for {d}, paper's formula literally": np.asarray(
@@ -54,12 +54,6 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
               "num_images": len(x),
               "provenance": common.record(ctx, t0, pipeline="table3_4", noise=cross_model.NOISE)}
     return common.publish(ctx, "table3_4.json", "table3_4_cross_training.md", result, render)
-
-
-def _gaussian(key, x, s) -> dict:
-    """One noise draw, unclipped (the paper's reading) and clipped to [0, 1]."""
-    return {f"Gaussian noise, stddev {s}{tag}": np.asarray(noise.gaussian_noise(key, x, s, clip=clip))
-            for tag, clip in (("", False), (transfer.CLIPPED, True))}
 
 
 def render(result: dict) -> str:

@@ -150,7 +150,7 @@ class PoolHook(train.Hook):
         return tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
 
 
-def pool_loss(model: Model, adv: AdvTrainConfig, decay: str = "per_unit") -> Callable:
+def pool_loss(model: Model, adv: AdvTrainConfig, decay: str = train.TrainConfig.decay) -> Callable:
     """``(params, (x, y), pools, key) -> loss``: (1 − mix)·CE(clean) + mix·mean_k CE(pool k) + weight decay,
     with ``pool_batch`` random examples of each pool k run through the layers above k."""
     def loss_fn(p, batch, pools, key):
@@ -214,8 +214,8 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
             checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},
                             {"epoch": epoch + 1, "history": history})
 
-    state, _ = train.run_epochs(pool_loss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key, epochs,
-                                cfg.batch_size, hook=PoolHook(model, split, adv), start_epoch=start,
+    state, _ = train.run_epochs(pool_loss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key,
+                                epochs, cfg.batch_size, hook=PoolHook(model, split, adv), start_epoch=start,
                                 on_epoch=end_of_epoch)
     return state.params, history
 

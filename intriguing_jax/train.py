@@ -1,10 +1,11 @@
-"""Training with optax: a pure jitted epoch (``lax.scan`` over minibatches), the paper's per-layer weight
-decay λ·Σw²/k, explicit PRNG keys, and autoencoder pre-training for AE400-10.
+"""Training with optax: one training loop (``run_epochs``: a jitted step per minibatch, a ``Hook`` for
+extra data such as adversarial pools), the paper's per-layer weight decay under a stated convention,
+explicit PRNG keys, and autoencoder pre-training for AE400-10.
 
 Our choices where the paper is silent (Sec. 2 gives no optimiser, epochs or initialisation), chosen by the
 recorded study in ``experiments/training_study.py`` (results/training_study.md): Adam with a
-cosine-decayed learning rate from 1e-2 (MLPs; 1e-3 for the ConvNet), batch 128, Flax's default (LeCun-normal) initialisation, the
-epoch count in each ``ModelSpec``; the paper's λ applied as λ/2·Σw² beside the mean cross-entropy (the one
+cosine-decayed learning rate from 1e-2 (MLPs; 1e-3 for the ConvNet), batch 128, Flax's default
+(LeCun-normal) initialisation, the epoch count in each ``ModelSpec``; the paper's λ applied as λ/2·Σw² beside the mean cross-entropy (the one
 convention that matches all three FC10 rows of Table 1 best); AE400-10's sparse autoencoder trained by
 full-batch L-BFGS (ρ = 0.1, β = 3, λ = 3e-3).
 """
@@ -214,24 +215,25 @@ def pretrain_autoencoder(model: Model, train: Split, key, cfg: TrainConfig, on_e
     return state.params["params"]["dense_0"], hist
 
 
-def _lbfgs(objective, params, x, iterations: int):
-    """Full-batch ``optax.lbfgs`` (zoom line search) on ``objective(params, x)``; the loss every 50 steps."""
+def _lbfgs(objective, params, x, iterations: int, chunk: int = 50):
+    """Full-batch ``optax.lbfgs`` (zoom line search) on ``objective(params, x)`` for exactly ``iterations``
+    steps, scanned ``chunk`` at a time (the last chunk shorter); the loss after each chunk."""
     tx = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(lambda p: objective(p, x))
 
-    @jax.jit
-    def run(params, opt_state):
+    @functools.partial(jax.jit, static_argnums=2)
+    def run(params, opt_state, length):
         def step(carry, _):
             params, opt_state = carry
             value, grad = value_and_grad(params, state=opt_state)
             updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
                                            value_fn=lambda p: objective(p, x))
             return (optax.apply_updates(params, updates), opt_state), value
-        return jax.lax.scan(step, (params, opt_state), None, length=50)
+        return jax.lax.scan(step, (params, opt_state), None, length=length)
 
     opt_state, hist = tx.init(params), []
-    for _ in range(-(-iterations // 50)):
-        (params, opt_state), values = run(params, opt_state)
+    for start in range(0, iterations, chunk):
+        (params, opt_state), values = run(params, opt_state, min(chunk, iterations - start))
         hist.append(float(values[-1]))
     return params, hist
 
