@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=${DEVICE_DIR:-.device}
+# the image's JAX lives in a venv that a plain `python` may not be (seen on the H200 image: /opt/torch/.venv)
+for venv in /opt/torch/.venv /opt/*/.venv; do
+  [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import jax" 2>/dev/null && { export PATH="$venv/bin:$PATH"; break; }
+done
 python -c "import jaxopt" 2>/dev/null || pip install --no-deps --no-index -q "$DEV"/wheels/jaxopt-*.whl
 python -c "import flax, optax" || { echo "flax/optax missing on this machine"; exit 1; }
 pip install --no-deps --no-build-isolation -q -e . 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
