@@ -6,13 +6,16 @@ outputs" and "used to train all the layers above". Here each pool k holds advers
 space of layer k (k = 0: input images; k ≥ 1: the output of hidden layer k) with their true labels;
 pool k's loss runs only the layers above k (``model.from_layer``), so it trains exactly those layers.
 
-Defaults (the paper gives none): pools of 2,000 per layer (≈ 3% of the training set, so the pool is
-refreshed completely every ~10 epochs with the refresh below); every 200 steps 200 slots per pool are
-replaced by fresh examples of random training images attacked against the *current* weights with random
-wrong targets; each step adds 64 examples per pool to the 128 clean ones, and the loss is
-(1 − mix)·CE(clean) + mix·mean_k CE(pool k) with mix = 0.5. The generating attack is the paper's
-L-BFGS attack, shortened (3 values of c, 20 iterations) because exact minimality does not matter for
-training data and it runs ~80 times per epoch-pool.
+Every ``refresh_every`` steps, ``refresh_count`` random training images per pool are attacked against the
+*current* weights (random wrong targets) and written into the pool: empty slots first, then random ones.
+Only attacks that reached their target (and, if ``max_distortion`` is set, stayed under it) are kept: a
+failed attack returns its attempt pushed hardest toward the target, which is then mislabelled with the
+original class. Pools start empty (``initial_fill=True`` fills them from the untrained net at step 0, the
+scheme measured before the study in ``results/adversarial_training.md``: ~90% of those attacks fail).
+Each step adds ``pool_batch`` examples drawn from each pool's filled slots to the clean minibatch with
+loss (1 − mix)·CE(clean) + mix·mean_k CE(pool k). The generating attack is the paper's L-BFGS attack,
+shortened (3 values of c, 20 iterations): training data need not be minimal and it runs every 200 steps.
+The defaults are the study's choice (``experiments/adversarial_training.py``; the paper gives none).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -34,6 +38,9 @@ from intriguing_jax.models import NUM_PIXELS, Model
 log = logging.getLogger(__name__)
 
 
+TARGETS = ("random", "runner_up")
+
+
 @dataclasses.dataclass(frozen=True)
 class AdvTrainConfig:
     """Pools and their schedule. ``layers``: which spaces get a pool (0 = input, k = hidden layer k);
@@ -45,6 +52,10 @@ class AdvTrainConfig:
     refresh_count: int = 200  # slots replaced per refresh, per pool
     pool_batch: int = 64  # pool examples per step, per pool
     mix: float = 0.5
+    keep_failed: bool = False  # keep the points of attacks that missed their target (the old scheme)
+    max_distortion: float | None = None  # drop points farther than this (RMS in the layer's space)
+    initial_fill: bool = False  # fill every pool from the initial weights at step 0 (the old scheme)
+    target: str = "random"  # "random" wrong class, or "runner_up": the current net's likeliest wrong class
     # a short search from c = 1 (bracket by 10, then the log-midpoint; history 10): pools are many and
     # need not be minimal
     attack: attacks.AttackConfig = attacks.AttackConfig(c_steps=3, maxiter=20, c_init=1.0, c_factor=10.0,
@@ -58,11 +69,28 @@ class AdvTrainConfig:
         if self.layers and not (0 < self.refresh_count <= self.pool_size and self.pool_batch > 0
                                 and self.refresh_every > 0):
             raise ValueError("need 0 < refresh_count <= pool_size, pool_batch > 0, refresh_every > 0")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.max_distortion is not None and not self.max_distortion > 0:
+            raise ValueError(f"max_distortion must be positive or None, got {self.max_distortion}")
 
 
 class Pool(NamedTuple):
     points: jax.Array  # [P, d_k] adversarial points in layer k's space
     labels: jax.Array  # [P] true labels of the images they came from
+    valid: jax.Array  # [P] bool: the slot holds a kept example (False: empty, never trained on)
+
+
+class PoolStats(NamedTuple):
+    """One refresh of one pool: what its attack produced."""
+
+    success: float  # fraction of attacks that reached their target
+    kept: float  # fraction written into the pool
+    distortion: float  # mean distortion (RMS in the layer's space) of the successful points
+
+
+def empty_pool(size: int, dim: int) -> Pool:
+    return Pool(jnp.zeros((size, dim), jnp.float32), jnp.zeros(size, jnp.int32), jnp.zeros(size, bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,19 +120,47 @@ def _check_model(model: Model, layers) -> None:
                          f"bounded, e.g. sigmoid: the attack box is [0, 1]); got pool layers {layers}")
 
 
-def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks.AttackConfig) -> Pool:
+def runner_up(logits: jax.Array, labels) -> jax.Array:
+    """The likeliest wrong class of each row (the highest logit other than the label's)."""
+    masked = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return jnp.argmax(masked, axis=-1).astype(jnp.int32)
+
+
+def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks.AttackConfig, *,
+             keep_failed: bool = False, max_distortion: float | None = None,
+             target: str = "random") -> tuple[Pool, PoolStats]:
     """Adversarial points in layer ``layer``'s space: the layer's outputs for ``images``, attacked through
-    the layers above toward random wrong targets (box [0, 1]: pixels, or sigmoid outputs)."""
+    the layers above toward wrong targets (box [0, 1]: pixels, or sigmoid outputs): random ones, or with
+    ``target="runner_up"`` each image's likeliest wrong class under ``params``.
+
+    Returns:
+      ``(pool, stats)``: one slot per image, ``valid`` where the attack succeeded (always, with
+      ``keep_failed``) and its distortion is at most ``max_distortion``; ``stats`` of the attack.
+    """
     h = layer_inputs(model, params, images, layer)
-    targets = attacks.random_wrong_targets(key, labels)
-    res = attacks.lbfgs_attack(Partial(_Above(model.from_layer, layer), params), h, targets, config=cfg)
-    return Pool(jnp.asarray(res.adversarial), jnp.asarray(labels, jnp.int32))
+    above = Partial(_Above(model.from_layer, layer), params)
+    targets = (runner_up(above(h), labels) if target == "runner_up"
+               else attacks.random_wrong_targets(key, labels))
+    res = attacks.lbfgs_attack(above, h, targets, config=cfg)
+    valid = jnp.ones_like(res.success) if keep_failed else res.success
+    if max_distortion is not None:
+        valid = valid & (res.distortion <= max_distortion)
+    ok = np.asarray(res.success)
+    stats = PoolStats(float(ok.mean()), float(np.mean(np.asarray(valid))),
+                      float(np.asarray(res.distortion)[ok].mean()) if ok.any() else float("nan"))
+    return Pool(jnp.asarray(res.adversarial), jnp.asarray(labels, jnp.int32), jnp.asarray(valid)), stats
 
 
 def replace(pool: Pool, fresh: Pool, key) -> Pool:
-    """``pool`` with a random subset of ``len(fresh)`` slots overwritten by ``fresh``."""
-    slots = jax.random.choice(key, len(pool.labels), (len(fresh.labels),), replace=False)
-    return Pool(pool.points.at[slots].set(fresh.points), pool.labels.at[slots].set(fresh.labels))
+    """``pool`` with ``fresh``'s valid points written into ``len(fresh)`` slots (empty slots first, then
+    random ones); the slots meant for ``fresh``'s invalid points keep what they held."""
+    order = jnp.argsort(pool.valid + jax.random.uniform(key, pool.valid.shape))  # empty (0 + u) before full
+    slots = order[: len(fresh.labels)]
+    keep = fresh.valid
+
+    def put(old, new):
+        return old.at[slots].set(jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old[slots]))
+    return Pool(put(pool.points, fresh.points), put(pool.labels, fresh.labels), put(pool.valid, fresh.valid))
 
 
 def _random_images(split: Split, key, n: int):
@@ -112,30 +168,37 @@ def _random_images(split: Split, key, n: int):
     return split.images[idx], split.labels[idx]
 
 
-def _fresh(model, params, layers, split, key, n, cfg) -> tuple[Pool, ...]:
-    out = []
-    for i, k in enumerate(layers):
+def _fresh(model, params, adv: "AdvTrainConfig", split, key, n) -> tuple[tuple[Pool, ...], tuple[PoolStats, ...]]:
+    pools, stats = [], []
+    for i, k in enumerate(adv.layers):
         kk = jax.random.fold_in(key, i)
         x, y = _random_images(split, jax.random.fold_in(kk, 0), n)
-        out.append(generate(model, params, k, x, y, jax.random.fold_in(kk, 1), cfg))
-    return tuple(out)
+        pool, st = generate(model, params, k, x, y, jax.random.fold_in(kk, 1), adv.attack,
+                            keep_failed=adv.keep_failed, max_distortion=adv.max_distortion, target=adv.target)
+        pools.append(pool)
+        stats.append(st)
+    return tuple(pools), tuple(stats)
+
+
+def _empty_pools(model, params, adv: "AdvTrainConfig") -> tuple[Pool, ...]:
+    x = jnp.zeros((1, NUM_PIXELS), jnp.float32)
+    return tuple(empty_pool(adv.pool_size, layer_inputs(model, params, x, k).shape[1]) for k in adv.layers)
 
 
 def _state_template(model, tx, adv: AdvTrainConfig, key):
     params = model.init(key)
-    x = jnp.zeros((1, NUM_PIXELS), jnp.float32)
-    dims = [layer_inputs(model, params, x, k).shape[1] for k in adv.layers]
-    pools = tuple(Pool(jnp.zeros((adv.pool_size, d), jnp.float32), jnp.zeros(adv.pool_size, jnp.int32))
-                  for d in dims)
-    return {"params": params, "opt_state": tx.init(params), "pools": pools}
+    return {"params": params, "opt_state": tx.init(params), "pools": _empty_pools(model, params, adv)}
 
 
 class PoolHook(train.Hook):
     """The pools as the training loop's extra data: every ``refresh_every`` steps, ``refresh_count``
-    random slots of each pool get fresh examples attacked against the current weights."""
+    slots of each pool get fresh examples attacked against the current weights. ``stats`` collects each
+    refresh's ``PoolStats`` (a tuple per refresh, one per pool) until the caller takes them."""
 
     def __init__(self, model: Model, split: Split, adv: AdvTrainConfig):
         self.model, self.split, self.adv = model, split, adv
+        self.stats: list[tuple[PoolStats, ...]] = []
+        self.seconds = 0.0  # spent generating pool examples since the last epoch_record
 
     def epoch_keys(self, key, epoch):
         step_key, shuffle_key = jax.random.split(jax.random.fold_in(key, epoch))
@@ -145,22 +208,48 @@ class PoolHook(train.Hook):
         adv = self.adv
         if not adv.layers or step == 0 or step % adv.refresh_every:
             return pools
-        fresh = _fresh(self.model, params, adv.layers, self.split, jax.random.fold_in(key, 1), adv.refresh_count,
-                       adv.attack)
-        return tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
+        t0 = time.perf_counter()
+        fresh, stats = _fresh(self.model, params, adv, self.split, jax.random.fold_in(key, 1), adv.refresh_count)
+        self.stats.append(stats)
+        pools = tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
+        self.seconds += time.perf_counter() - t0
+        return pools
+
+    def epoch_record(self, pools) -> dict:
+        """Per pool layer k, the means over the refreshes since the last call (``pool{k}_success``,
+        ``pool{k}_kept``, ``pool{k}_distortion``), the filled fraction (``pool{k}_filled``), and the seconds
+        spent generating (``pool_seconds``)."""
+        out = {"pool_seconds": self.seconds} if self.adv.layers else {}
+        self.seconds = 0.0
+        for j, k in enumerate(self.adv.layers):
+            if self.stats:
+                for name in PoolStats._fields:
+                    v = [getattr(s[j], name) for s in self.stats]
+                    out[f"pool{k}_{name}"] = float(np.nanmean(v)) if not np.all(np.isnan(v)) else None
+            out[f"pool{k}_filled"] = float(jnp.mean(pools[j].valid))
+        self.stats = []
+        return out
 
 
 def pool_loss(model: Model, adv: AdvTrainConfig, decay: str = train.TrainConfig.decay) -> Callable:
     """``(params, (x, y), pools, key) -> loss``: (1 − mix)·CE(clean) + mix·mean_k CE(pool k) + weight decay,
-    with ``pool_batch`` random examples of each pool k run through the layers above k."""
+    with ``pool_batch`` examples drawn from each pool k's filled slots run through the layers above k."""
+    def pool_term(p, pl: Pool, k, key):
+        # pool_batch draws among the filled slots; an empty pool adds nothing
+        n_valid = jnp.sum(pl.valid)
+        probs = jnp.where(n_valid > 0, pl.valid / jnp.maximum(n_valid, 1), 1.0 / len(pl.valid))
+        j = jax.random.choice(key, len(pl.valid), (adv.pool_batch,), p=probs)
+        w = pl.valid[j].astype(jnp.float32)
+        logp = jax.nn.log_softmax(model.from_layer(p, pl.points[j], k))
+        ce = -jnp.take_along_axis(logp, pl.labels[j][:, None], axis=1)[:, 0]
+        return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+
     def loss_fn(p, batch, pools, key):
         x, y = batch
         loss = train.cross_entropy(model.apply(p, x), y)
         if adv.layers:
-            picks = [jax.random.randint(jax.random.fold_in(key, i), (adv.pool_batch,), 0, len(pl.labels))
-                     for i, pl in enumerate(pools)]
-            pool = jnp.mean(jnp.stack([train.cross_entropy(model.from_layer(p, pl.points[j], k), pl.labels[j])
-                                       for k, pl, j in zip(adv.layers, pools, picks)]))
+            pool = jnp.mean(jnp.stack([pool_term(p, pl, k, jax.random.fold_in(key, i))
+                                       for i, (k, pl) in enumerate(zip(adv.layers, pools))]))
             loss = (1 - adv.mix) * loss + adv.mix * pool
         return loss + train.weight_decay(p, model.spec.weight_decay, decay)
     return loss_fn
@@ -181,7 +270,9 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
         error).
 
     Returns:
-      ``(params, history)``: one dict per epoch (``epoch``, ``loss`` and what ``on_epoch`` returned).
+      ``(params, history)``: one dict per epoch: ``epoch``, ``loss``, per pool layer k its refreshes'
+      means ``pool{k}_success`` / ``pool{k}_kept`` / ``pool{k}_distortion`` and ``pool{k}_filled``
+      and ``pool_seconds`` (``PoolHook.epoch_record``), and what ``on_epoch`` returned.
     """
     _check_model(model, adv.layers)
     epochs = cfg.epochs if cfg.epochs is not None else model.spec.epochs
@@ -199,14 +290,22 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
             log.info("resuming %s adversarial training at epoch %d", model.name, start)
         except checkpoint.CheckpointError as e:
             log.warning("%s; starting over", e)
+    hook = PoolHook(model, split, adv)
     if state is None:
         params = model.init(init_key)
-        state = train.TrainState(params, None, _fresh(model, params, adv.layers, split, pool_key, adv.pool_size,
-                                                      adv.attack))
+        pools = _empty_pools(model, params, adv)
+        if adv.initial_fill:
+            t0 = time.perf_counter()
+            fresh, stats = _fresh(model, params, adv, split, pool_key, adv.pool_size)
+            pools = tuple(replace(pl, f, jax.random.fold_in(pool_key, 2 + j))
+                          for j, (pl, f) in enumerate(zip(pools, fresh)))
+            hook.stats.append(stats)
+            hook.seconds += time.perf_counter() - t0
+        state = train.TrainState(params, None, pools)
     state = jax.tree.map(jnp.asarray, state)  # a loaded checkpoint holds numpy arrays
 
     def end_of_epoch(epoch, st: train.TrainState, loss):
-        record = {"epoch": epoch + 1, "loss": loss}
+        record = {"epoch": epoch + 1, "loss": loss, **hook.epoch_record(st.extra)}
         if on_epoch is not None:
             record.update(on_epoch(epoch, st.params) or {})
         history.append(record)
@@ -215,24 +314,39 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
                             {"epoch": epoch + 1, "history": history})
 
     state, _ = train.run_epochs(pool_loss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key,
-                                epochs, cfg.batch_size, hook=PoolHook(model, split, adv), start_epoch=start,
+                                epochs, cfg.batch_size, hook=hook, start_epoch=start,
                                 on_epoch=end_of_epoch)
     return state.params, history
 
 
 def summarize_runs(runs: dict) -> dict:
-    """Per variant, over its seeds' runs (each with ``test_error``, ``attack`` and ``layers``): mean and
-    spread (max − min) of the test error and the attack's mean distortion, and the mean success rate."""
-    def stats(rs, get):
+    """Per variant, over its seeds' runs (each with ``test_error``, ``attack``, ``layers`` and optionally
+    ``train_error``, ``wall_s``, ``pool_s`` and a ``history`` with ``fit``'s pool statistics): mean, spread
+    (max − min), min and max of the test error; means of the train error, the attack's distortion (and its
+    spread) and success rate, the wall time and the share of it spent generating pool examples; and the
+    last epoch's pool statistics averaged over the pools (``pool_success``, ``pool_kept``,
+    ``pool_distortion``, ``pool_filled``; None without pools)."""
+    def mean(rs, get):
         v = [get(r) for r in rs]
-        return float(np.mean(v)), float(np.ptp(v))
+        return float(np.mean(v)) if all(x is not None for x in v) else None
 
     out = {}
     for variant, rs in runs.items():
-        te, te_spread = stats(rs, lambda r: r["test_error"])
-        d, d_spread = stats(rs, lambda r: r["attack"]["mean_distortion"])
-        out[variant] = {"test_error_mean": te, "test_error_spread": te_spread, "distortion_mean": d,
-                        "distortion_spread": d_spread,
-                        "success_rate": float(np.mean([r["attack"]["success_rate"] for r in rs])),
-                        "layers": rs[0]["layers"]}
+        te = [r["test_error"] for r in rs]
+        d = [r["attack"]["mean_distortion"] for r in rs]
+        row = {"test_error_mean": float(np.mean(te)), "test_error_spread": float(np.ptp(te)),
+               "test_error_min": float(min(te)), "test_error_max": float(max(te)),
+               "train_error_mean": mean(rs, lambda r: r.get("train_error")),
+               "distortion_mean": float(np.mean(d)), "distortion_spread": float(np.ptp(d)),
+               "success_rate": float(np.mean([r["attack"]["success_rate"] for r in rs])),
+               "wall_s_mean": mean(rs, lambda r: r.get("wall_s")), "layers": rs[0]["layers"]}
+        row["pool_share"] = (mean(rs, lambda r: r.get("pool_s", 0.0) / r["wall_s"]) if row["wall_s_mean"]
+                             and rs[0]["layers"] else None)
+        for stat in ("success", "kept", "distortion", "filled"):
+            def last(r, stat=stat):
+                v = [r["history"][-1].get(f"pool{k}_{stat}") for k in r["layers"]] if r.get("history") else []
+                v = [x for x in v if x is not None]
+                return float(np.mean(v)) if v else None
+            row[f"pool_{stat}"] = mean(rs, last) if rs[0]["layers"] else None
+        out[variant] = row
     return out

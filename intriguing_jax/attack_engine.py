@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from intriguing_jax import lbfgsb
+from intriguing_jax import lbfgsb, refine
 
 if TYPE_CHECKING:
     from intriguing_jax.attacks import AttackConfig, AttackResult
@@ -268,9 +268,10 @@ def attack_streaming(logits_fn: Partial, images, targets, shape, cfg: "AttackCon
 
 
 def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackResult":
-    """The result, with each successful perturbation shortened back to the decision boundary (bisection
-    of its length, ``shrink_steps`` forward passes) and every example re-verified on the exact returned
-    image. Forward passes run in blocks of ``block`` rows (memory bounded by the block)."""
+    """The result: each successful example refined (``cfg.refine``, ``intriguing_jax.refine``), its
+    perturbation shortened back to the decision boundary (bisection of its length, ``shrink_steps``
+    forward passes), and every example re-verified on the exact returned image. Runs in blocks of
+    ``block`` rows (memory bounded by the block)."""
     from intriguing_jax.attacks import AttackResult  # attacks imports this module
     n, d = x.shape
     lo, hi = cfg.box
@@ -280,6 +281,9 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackRe
 
     def finish(args):
         xb, zb, tb = args
+        zb, extra = (refine.refine(flat_logits, xb, tb, jnp.clip(zb, lo, hi), steps=cfg.refine_steps,
+                                   classes=cfg.refine_classes, kappa=cfg.kappa, box=cfg.box)
+                     if cfg.refine else (zb, jnp.zeros(tb.shape, jnp.int32)))
         r = jnp.clip(zb, lo, hi) - xb
         ones = jnp.ones((xb.shape[0],), xb.dtype)
 
@@ -299,10 +303,10 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackRe
         init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), tb)
         _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
         # the returned image is exactly the one verified: x + long·r where the check succeeded
-        return jnp.clip(xb + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, tb, pred)
+        return jnp.clip(xb + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, tb, pred), extra
 
-    x_adv, pred = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
-    x_adv, pred = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n]
+    x_adv, pred, extra = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
+    x_adv, pred, evals = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n], evals + extra.reshape(-1)[:n]
     r = x_adv - x
     return AttackResult(
         adversarial=x_adv.reshape((n,) + shape), success=pred == targets,

@@ -61,6 +61,11 @@ class AttackConfig:
         s·r (s ∈ (0, 1]) that still reaches the target, by this many bisection steps of s (forward passes
         only; 12 leave s within 0.025% of the boundary). The cross-entropy minimiser lies past the
         boundary; this moves it back along the same direction. 0: off (the paper's minimiser as found).
+      refine: after the search, move each successful example toward the closest point of the target's
+        region (``intriguing_jax.refine``: ``refine_steps`` exact box-constrained projections onto the
+        boundary linearised over the ``refine_classes`` nearest wrong classes, each followed by a walk
+        that keeps the target); never lengthens a perturbation. Off by default: the paper's attack is
+        the cross-entropy minimiser. On: the smallest perturbations this library finds.
       block_size: how many examples are solved at once (one batched evaluation of the model serves them
         all); the others wait and take the place of a finished example at once. ``None``: the backend's
         default (``default_block_size``: 32 on CPU, where each row's L-BFGS memory stays in cache;
@@ -85,6 +90,9 @@ class AttackConfig:
     loss: Literal["ce", "margin"] = "ce"
     kappa: float = 1e-3
     shrink_steps: int = 12
+    refine: bool = False
+    refine_steps: int = 8
+    refine_classes: int = 4
 
     def __post_init__(self):
         lo, hi = self.box
@@ -106,6 +114,9 @@ class AttackConfig:
                              f"{self.c_init_scale}")
         if self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1 or self.c_rtol < 0 or self.shrink_steps < 0:
             raise ValueError("need c_factor > 1, c_steps >= 1, maxiter >= 1, c_rtol >= 0, shrink_steps >= 0")
+        if self.refine_steps < 1 or self.refine_classes < 1:
+            raise ValueError(f"need refine_steps >= 1 and refine_classes >= 1, got {self.refine_steps}, "
+                             f"{self.refine_classes}")
 
     @classmethod
     def smoke(cls) -> "AttackConfig":

@@ -221,26 +221,32 @@ def attack_tightness(sandwich: dict, qp_ratio: float = 1.026) -> Verdict | None:
 
 
 def pools_beat_weight_decay(s: dict, seeds: int) -> Verdict | None:
-    """The paper's number: per-layer pools bring test error below 1.2% (weight decay alone: 1.6%).
+    """The paper's claim: pools improve clean test error over weight decay alone (1.6% → below 1.2%).
+
+    Rule: the best pool variant's worst seed beats weight decay alone's best seed (non-overlapping spread).
 
     Args:
-      s: variant -> {"test_error_mean", "test_error_spread", ...} (``adversarial_training.summarize_runs``).
+      s: variant -> {"test_error_mean", "test_error_min", "test_error_max", ...}
+        (``adversarial_training.summarize_runs``), with "weight decay only" among them.
       seeds: how many seeds each mean is over.
     """
-    full, base = "input + hidden-layer pools", "weight decay only"
-    if full not in s or base not in s:
+    base = "weight decay only"
+    pools = [v for v in s if v != base]
+    if base not in s or not pools:
         return None
-    f, w = s[full], s[base]
-    best = min(s, key=lambda v: s[v]["test_error_mean"])
+    w = s[base]
+    best = min(pools, key=lambda v: s[v]["test_error_mean"])
+    b = s[best]
     target = paper.ADVERSARIAL_TRAINING["with_pools_below"]
-    return Verdict(f"Adversarial training with per-layer pools reaches test error below {pct(target, 1)} (paper "
-                   f"[text], vs {pct(paper.ADVERSARIAL_TRAINING['weight_decay_only'], 1)} with weight decay alone)",
-                   bool(f["test_error_mean"] < target),
-                   f"Ours: {pct(f['test_error_mean'])} (spread {pct(f['test_error_spread'])}) vs "
-                   f"{pct(w['test_error_mean'])} (spread {pct(w['test_error_spread'])}) with weight decay alone, over "
-                   f"{seeds} seeds; best variant: {best}. Our pools (sizes, refresh, mix 0.5, random wrong targets) "
-                   "are our choice — the paper gives none — and other settings may behave differently.",
-                   {"pools": f["test_error_mean"], "weight_decay_only": w["test_error_mean"], "best": best})
+    holds = bool(b["test_error_max"] < w["test_error_min"])
+    return Verdict(f"Adversarial training with per-layer pools improves on weight decay alone (paper [text]: "
+                   f"{pct(paper.ADVERSARIAL_TRAINING['weight_decay_only'], 1)} → below {pct(target, 1)})", holds,
+                   f"Rule: the best pool variant's worst seed beats weight decay alone's best seed. Best pool variant "
+                   f"({best}): {pct(b['test_error_mean'])} (seeds {pct(b['test_error_min'])}–{pct(b['test_error_max'])}) "
+                   f"vs {pct(w['test_error_mean'])} ({pct(w['test_error_min'])}–{pct(w['test_error_max'])}) with weight "
+                   f"decay alone, {seeds} seeds; the paper's {pct(target, 1)} is "
+                   + ("reached." if b["test_error_mean"] < target else "not reached."),
+                   {"best": best, "best_pools": b["test_error_mean"], "weight_decay_only": w["test_error_mean"]})
 
 
 def higher_layers_more_useful(s: dict) -> Verdict | None:

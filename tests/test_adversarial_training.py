@@ -16,19 +16,39 @@ def _adv(layers, **kw):
                              attack=FAST, **kw)
 
 
-def test_replace_overwrites_exactly_the_fresh_count(key):
-    pool = at.Pool(jnp.zeros((10, 3)), jnp.zeros(10, jnp.int32))
-    fresh = at.Pool(jnp.ones((4, 3)), jnp.full(4, 7, jnp.int32))
+def test_replace_fills_empty_slots_first_and_writes_only_valid_points(key):
+    pool = at.empty_pool(10, 3)
+    pool = pool._replace(valid=pool.valid.at[:6].set(True), labels=pool.labels.at[:6].set(1))
+    fresh = at.Pool(jnp.ones((4, 3)), jnp.full(4, 7, jnp.int32), jnp.array([True, True, True, False]))
     out = at.replace(pool, fresh, key)
-    assert int((np.asarray(out.labels) == 7).sum()) == 4
-    assert np.array_equal(np.asarray(out.points).sum(1) == 3, np.asarray(out.labels) == 7)
+    labels, valid = np.asarray(out.labels), np.asarray(out.valid)
+    assert (labels == 7).sum() == 3 and valid.sum() == 9  # 3 of the 4 empty slots filled, nothing evicted
+    assert (labels[:6] == 1).all()
+    assert np.array_equal(np.asarray(out.points).sum(1) == 3, labels == 7)
+
+
+def test_generate_keeps_only_successful_attacks_unless_asked(tiny_mnist, key):
+    params = TINY.init(key)
+    x, y = tiny_mnist.train.images[:16], tiny_mnist.train.labels[:16]
+    weak = attacks.AttackConfig(c_steps=1, maxiter=2, c_init=10.0)  # too short to reach most targets
+    pool, stats = at.generate(TINY, params, 0, x, y, key, weak)
+    targets = np.asarray(attacks.random_wrong_targets(key, y))
+    reached = np.asarray(TINY.apply(params, pool.points)).argmax(1) == targets
+    np.testing.assert_array_equal(np.asarray(pool.valid), reached)
+    assert 0 < stats.success < 1 and stats.kept == stats.success
+    kept_all, _ = at.generate(TINY, params, 0, x, y, key, weak, keep_failed=True)
+    assert np.asarray(kept_all.valid).all()
+    capped, st = at.generate(TINY, params, 0, x, y, key, weak, keep_failed=True, max_distortion=1e-4)
+    near = np.asarray(attacks.distortion(x, capped.points)) <= 1e-4
+    assert 0 < near.sum() < len(near)
+    np.testing.assert_array_equal(np.asarray(capped.valid), near)
 
 
 @pytest.mark.parametrize("layer,width", [(0, 784), (1, 8), (2, 6)])
 def test_generate_makes_adversarial_points_in_each_layers_space(tiny_mnist, key, layer, width):
     params = TINY.init(key)
     x, y = tiny_mnist.train.images[:12], tiny_mnist.train.labels[:12]
-    pool = at.generate(TINY, params, layer, x, y, key, attacks.AttackConfig(c_steps=4, maxiter=30))
+    pool, stats = at.generate(TINY, params, layer, x, y, key, attacks.AttackConfig(c_steps=4, maxiter=30))
     pts = np.asarray(pool.points)
     assert pts.shape == (12, width) and pts.min() >= 0 and pts.max() <= 1
     np.testing.assert_array_equal(np.asarray(pool.labels), y)
@@ -36,6 +56,7 @@ def test_generate_makes_adversarial_points_in_each_layers_space(tiny_mnist, key,
     assert np.abs(pts - clean).max() > 0  # perturbed, in the layer's own space
     pred = np.asarray(TINY.from_layer(params, pool.points, layer)).argmax(1)
     assert np.mean(pred != y) >= 0.5  # most now classified wrongly by the layers above
+    assert stats.success == pytest.approx(float(np.mean(np.asarray(pool.valid)))) and stats.distortion >= 0
 
 
 def test_a_hidden_pool_trains_only_the_layers_above(tiny_mnist, key):
@@ -47,6 +68,7 @@ def test_a_hidden_pool_trains_only_the_layers_above(tiny_mnist, key):
     assert not np.array_equal(np.asarray(params["params"]["dense_2"]["kernel"]),
                               np.asarray(init["params"]["dense_2"]["kernel"]))
     assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
+    assert hist[-1]["pool2_filled"] > 0 and 0 <= hist[-1]["pool2_success"] <= 1  # pool statistics recorded
 
 
 def test_mixing_changes_training_and_interrupted_runs_resume_identically(tiny_mnist, key, tmp_path):
@@ -72,6 +94,8 @@ def test_config_and_model_checks(tiny_mnist, key):
         at.AdvTrainConfig(layers=(0, 0))
     with pytest.raises(ValueError, match="mix"):
         at.AdvTrainConfig(mix=1.5)
+    with pytest.raises(ValueError, match="max_distortion"):
+        at.AdvTrainConfig(max_distortion=0.0)
     with pytest.raises(ValueError, match="hidden layers"):
         at.fit(TINY, tiny_mnist.train, key, CFG, _adv((3,)))
     with pytest.raises(TypeError, match="MLP"):

@@ -39,11 +39,12 @@ def correctly_classified(model, params, split, n):
     return x, y, t.astype(np.int32)
 
 
-@pytest.mark.parametrize("loss,bound", [("ce", 1.05), ("margin", 1.02)])
-def test_softmax_regression_near_exact_qp_minimum(linear, mnist, loss, bound):
+@pytest.mark.parametrize("loss,refine,bound", [("ce", False, 1.05), ("margin", False, 1.02), ("ce", True, 1.005)])
+def test_softmax_regression_near_exact_qp_minimum(linear, mnist, loss, refine, bound):
     model, params = linear
     x, _, t = correctly_classified(model, params, mnist.test, 6)
-    res = attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=dataclasses.replace(CFG, loss=loss))
+    res = attacks.lbfgs_attack(Partial(model.apply, params), x, t,
+                               config=dataclasses.replace(CFG, loss=loss, refine=refine))
     assert bool(res.success.all())
     W = np.asarray(params["params"]["dense_0"]["kernel"], np.float64)
     b = np.asarray(params["params"]["dense_0"]["bias"], np.float64)
@@ -67,6 +68,22 @@ def test_mlp_all_targets_reached_inside_box(mlp, mnist):
     np.testing.assert_allclose(res.l2, np.linalg.norm(adv - x, axis=1), rtol=1e-5)
     again = attacks.lbfgs_attack(fn, x, t, config=CFG)
     jax.tree.map(np.testing.assert_array_equal, res, again)  # deterministic
+
+
+def test_refinement_never_lengthens_and_keeps_every_success(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 16)
+    fn = Partial(model.apply, params)
+    plain = attacks.lbfgs_attack(fn, x, t, config=CFG)
+    refined = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(CFG, refine=True))
+    np.testing.assert_array_equal(refined.success, plain.success)
+    adv = np.asarray(refined.adversarial)
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    np.testing.assert_array_equal(np.argmax(model.apply(params, adv), -1)[np.asarray(refined.success)],
+                                  t[np.asarray(refined.success)])
+    assert np.all(np.asarray(refined.l2) <= np.asarray(plain.l2) * (1 + 1e-5))
+    assert float(refined.l2.mean()) < float(plain.l2.mean())  # the cross-entropy minimiser is not the closest
+    assert np.all(np.asarray(refined.grad_evals) > np.asarray(plain.grad_evals))  # its cost is counted
 
 
 def test_per_example_independence_and_permutation(mlp, mnist):

@@ -84,3 +84,23 @@ def test_interrupted_run_resumes_to_the_same_tables(run):
     second = json.loads((ctx.out / "table3_4.json").read_text())
     assert second["matrix"] == first["matrix"] and second["table3"] == first["table3"]
     assert "## Table 4" in (ctx.out / "REPORT.md").read_text()
+
+
+def test_adversarial_training_study_picks_each_layer_sets_best_and_renders(tmp_path):
+    from experiments import adversarial_training as adv
+    mnist = data._to_mnist(synthetic_mnist(), "synthetic")
+    ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), seed=0,
+                         train_cfg=train.TrainConfig(epochs=1, batch_size=64),
+                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10), num_images=4, chunk_size=4)
+    study = (adv.BASELINE, "input, mix 0.2", "input, mix 0.1")
+    result = adv.run(ctx, mnist, study=study, seeds=(0,), study_seeds=(0,))
+    assert [e["configuration"] for e in result["study"]] == list(study)
+    best_input = min(study[1:], key=lambda n: next(e["test_error_mean"] for e in result["study"] if e["configuration"] == n))
+    assert result["chosen"] == {adv.BASELINE: adv.BASELINE, "input pool": best_input}
+    assert set(result["summary"]) == {adv.BASELINE, "input pool"}  # no study entry for the other layer sets
+    assert result["runs"]["input pool"][0]["adv_config"]["mix"] == adv.STUDY[best_input].mix
+    md = (ctx.out / "adversarial_training.md").read_text()
+    assert "### Study (3 configurations" in md and "Improves on weight decay alone" not in md
+    assert re.search(r"\*\*Adversarial training with per-layer pools improves[^*]+: (holds|does not hold)", md)
+    saved = json.loads((ctx.out / "adversarial_training.json").read_text())
+    assert saved["runs"]["input pool"][0]["test_error"] == result["runs"]["input pool"][0]["test_error"]

@@ -64,7 +64,11 @@ def test_adversarial_training_rules():
          "input pool": {"test_error_mean": 0.015, "test_error_spread": 0.001, "distortion_mean": 0.06},
          "hidden-layer pools": {"test_error_mean": 0.012, "test_error_spread": 0.001, "distortion_mean": 0.06},
          "input + hidden-layer pools": {"test_error_mean": 0.0115, "test_error_spread": 0.001, "distortion_mean": 0.07}}
-    assert verdicts.pools_beat_weight_decay(s, 3).holds and verdicts.higher_layers_more_useful(s).holds
+    for x in s.values():
+        x["test_error_min"], x["test_error_max"] = x["test_error_mean"] - 0.0005, x["test_error_mean"] + 0.0005
+    v = verdicts.pools_beat_weight_decay(s, 3)
+    assert v.holds and v.numbers["best"] == "input + hidden-layer pools" and verdicts.higher_layers_more_useful(s).holds
     assert verdicts.distortion_rises(s).numbers["input + hidden-layer pools"] == 1.4
-    s["input + hidden-layer pools"]["test_error_mean"] = 0.013
+    for name in ("input + hidden-layer pools", "hidden-layer pools", "input pool"):
+        s[name]["test_error_max"] = 0.0156  # overlaps the baseline's best seed (0.0155)
     assert not verdicts.pools_beat_weight_decay(s, 3).holds

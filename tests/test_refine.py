@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from intriguing_jax import attacks, refine
+
+
+def _slsqp(A, b, lo, hi):
+    from scipy.optimize import minimize
+    cons = [{"type": "ineq", "fun": lambda r, a=a, c=c: a @ r - c, "jac": lambda r, a=a: a} for a, c in zip(A, b)]
+    sol = minimize(lambda r: 0.5 * r @ r, np.zeros(A.shape[1]), jac=lambda r: r, method="SLSQP",
+                   bounds=list(zip(lo, hi)), constraints=cons, options={"maxiter": 500, "ftol": 1e-14})
+    return sol.x
+
+
+@pytest.mark.parametrize("q", [1, 3])
+def test_projection_matches_a_general_qp_solver(q):
+    rng = np.random.default_rng(q)
+    n, d = 8, 30
+    x = rng.uniform(0, 1, (n, d)) * (rng.uniform(size=(n, d)) > 0.5)  # many pixels at the box's edge
+    A = rng.normal(size=(n, q, d))
+    b = rng.uniform(0.5, 2.0, (n, q))
+    lo, hi = -x, 1 - x
+    r, mu = refine.project(*(jnp.asarray(a, jnp.float32) for a in (A, b, lo, hi)), iters=30)
+    r = np.asarray(r, np.float64)
+    assert np.all(r >= lo - 1e-6) and np.all(r <= hi + 1e-6) and np.all(np.asarray(mu) >= 0)
+    for i in range(n):
+        ref = _slsqp(A[i], b[i], lo[i], hi[i])
+        if np.all(A[i] @ ref - b[i] >= -1e-6):  # a feasible problem: same minimum
+            assert np.all(A[i] @ r[i] - b[i] >= -1e-3 * np.abs(b[i]).max())
+            np.testing.assert_allclose(np.linalg.norm(r[i]), np.linalg.norm(ref), rtol=2e-3)
+
+
+def test_refine_on_a_linear_model_lands_on_the_boundary_point_closest_to_x():
+    # two classes, logits (0, w·x): the closest point of class 1's region is x + (κ − w·x) w / ‖w‖²
+    # when the box does not bind
+    rng = np.random.default_rng(0)
+    d = 20
+    w = rng.normal(size=d).astype(np.float32)
+    x = np.full((1, d), 0.5, np.float32)
+    x += (-0.2 - w @ x[0]) / (w @ w) * w  # w·x = −0.2: class 0
+    fn = lambda z: jnp.stack([jnp.zeros(z.shape[0]), z @ w], -1)  # noqa: E731
+    z0 = x + 0.4 * w / np.linalg.norm(w) + 0.05 * rng.normal(size=(1, d)).astype(np.float32)  # a far success
+    assert fn(z0)[0, 1] > 0
+    z, evals = refine.refine(fn, jnp.asarray(x), jnp.array([1]), jnp.asarray(z0), steps=5, classes=1, kappa=1e-4,
+                             box=(0.0, 1.0))
+    best = 0.2 / np.linalg.norm(w)
+    assert float(jnp.linalg.norm(z - x)) == pytest.approx(best, rel=1e-3)
+    assert int(evals[0]) > 0 and float(fn(z)[0, 1]) > 0
+
+
+def test_refine_settings_are_checked():
+    with pytest.raises(ValueError, match="refine_steps"):
+        attacks.AttackConfig(refine=True, refine_steps=0)
+    with pytest.raises(ValueError, match="refine_classes"):
+        attacks.AttackConfig(refine_classes=0)
