@@ -107,6 +107,30 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     return common.publish(ctx, "adversarial_training.json", "adversarial_training.md", result, render)
 
 
+def diagnosis(st: dict) -> str:
+    """The study's reading, from its numbers (configurations missing from a partial study are skipped)."""
+    def te(n):
+        return report.pct(st[n]["test_error_mean"]) if n in st else "–"
+    mixes = [n for n in ("input, mix 0.5", "input, mix 0.2", "input, mix 0.1",
+                         "input, mix 0.03 (the pool's share of the data)") if n in st]
+    if not mixes or BASELINE not in st:
+        return ""
+    old = "input, failed attacks kept, filled at step 0 (before the study)"
+    return ("**Diagnosis (study).** Input-pool examples cost clean accuracy in proportion to their weight: "
+            "mix " + " / ".join(m.split("mix ")[1].split(" ")[0] for m in mixes) + " → test error "
+            + " / ".join(te(m) for m in mixes) + ", train error " + " / ".join(report.pct(st[m]["train_error_mean"])
+                                                                           for m in mixes)
+            + f" (weight decay alone: {te(BASELINE)}). Keeping failed attacks and filling the pools from the "
+            f"untrained net (the scheme before the study) is not what hurts: {te(old)} vs {te(mixes[0])} without "
+            f"them. Fresher pools hurt more (refresh every 50 steps: {te('input, refresh every 50 steps, mix 0.2')}), "
+            "so staleness is not the cause either; nearer targets (runner-up) do not help "
+            f"({te('input, runner-up targets, mix 0.2')}). What matters is how far the pool examples are: the pool "
+            "attack tracks the net as it grows robust, so its examples sit ever farther out (last-epoch distortion "
+            "in the table) while keeping their original labels; capping them at 0.03 keeps ~4% and leaves "
+            f"{te('input, distortion ≤ 0.03')}. Pools on the top hidden layer (they train only the softmax layer) "
+            f"are the only ones near the baseline: {te('top hidden layer, mix 0.5')}.\n\n")
+
+
 def render(result: dict) -> str:
     def pools(x):
         return ("–" if x["pool_success"] is None else
@@ -140,6 +164,7 @@ def render(result: dict) -> str:
             + f"\n### Final ({result['epochs']} epochs, seeds {result['seeds']}): each pool-layer set's best study "
             "configuration\n\n" + final + "\n" + report.table(["Variant", "Seed", "Test error", "Train error",
                                                                 "Distortion", "Wall"], per_run)
-            + "\n" + verdicts.bullets([verdicts.pools_beat_weight_decay(s, len(result["seeds"])),
+            + "\n" + diagnosis({e["configuration"]: e for e in result["study"]})
+            + verdicts.bullets([verdicts.pools_beat_weight_decay(s, len(result["seeds"])),
                                         verdicts.higher_layers_more_useful(s), verdicts.distortion_rises(s)]) + "\n\n"
             + f"![curves]({result['figure']})\n\n" + report.provenance_line(result["provenance"]) + "\n")

@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
-    python -m experiments.reproduce            # full run (about 34 minutes on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 2 hours on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
 
@@ -26,7 +26,9 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-FULL_RUN_MINUTES = 34  # measured on this 2-core machine: 33.3 min, every model trained from scratch
+# this 2-core machine: the other pipelines ~15 min (the last full run, 33 min, less its 18-min advtrain) + the
+# adversarial-training pipeline's 53 runs (study and final), 103 min of summed run wall times
+FULL_RUN_MINUTES = 120
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 

@@ -256,9 +256,9 @@ def higher_layers_more_useful(s: dict) -> Verdict | None:
     i, h = s["input pool"], s["hidden-layer pools"]
     margin = max(i["test_error_spread"], h["test_error_spread"])
     base = s.get("weight decay only", {}).get("test_error_mean")
-    vs_base = ("" if base is None else f"; weight decay alone: {pct(base)}, so in our setting "
-               + ("the pools help" if h["test_error_mean"] < base
-                  else "both pools cost clean accuracy and the hidden-layer pools only cost less"))
+    vs_base = "" if base is None else f"; weight decay alone: {pct(base)}"
+    others = [v for v in s if v not in ("input pool", "hidden-layer pools", "weight decay only")]
+    vs_base += "".join(f"; {v}: {pct(s[v]['test_error_mean'])}" for v in others)
     return Verdict("Higher layers' examples are more useful", bool(h["test_error_mean"] < i["test_error_mean"] - margin),
                    f"Rule: hidden-layer pools beat the input pool by more than the seeds' spread. Test error "
                    f"{pct(h['test_error_mean'])} with hidden-layer pools vs {pct(i['test_error_mean'])} with the input "
