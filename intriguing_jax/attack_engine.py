@@ -177,12 +177,6 @@ def _evaluate(flat_logits, z, targets, cfg):
     return loss, grad, margin
 
 
-def _verify_margin(logits):
-    """The lead a returned example's target must have: a few float32 roundings of the logits' scale, so
-    that the model evaluated another way (another batch size, unjitted) still predicts the target."""
-    return 1e-5 * (1.0 + jnp.max(jnp.abs(logits), axis=-1))
-
-
 def _rows_where(mask, new, old):
     """``new`` in the rows where ``mask`` [B] holds, else ``old`` (arrays of any rank, rows first)."""
     return jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
@@ -300,7 +294,7 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackRe
             s = jnp.where(i == 0, ones, 0.5 * (short + long))
             logits = flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi))
             pred = jnp.argmax(logits, -1)
-            ok = _margin(logits, tb) > _verify_margin(logits)
+            ok = refine.leads(logits, tb)
             first_ok = jnp.where(i == 0, ok, first_ok)
             first_pred = jnp.where(i == 0, pred, first_pred)
             short = jnp.where((i > 0) & ~ok, s, short)

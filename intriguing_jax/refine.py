@@ -80,6 +80,13 @@ def _margins(logits, targets):
     return jnp.where(own, jnp.inf, z_t - logits)
 
 
+def leads(logits, targets):
+    """Whether each row's target leads every other class by a few float32 roundings of the logits' scale,
+    1e-5·(1 + max|logit|): the model evaluated another way (another batch size, unjitted) then still
+    predicts the target. The attack's final verification asks for the same lead."""
+    return jnp.min(_margins(logits, targets), -1) > 1e-5 * (1.0 + jnp.max(jnp.abs(logits), -1))
+
+
 def refine(flat_logits, x, targets, z, *, steps: int, classes: int, kappa: float, box, search_steps: int = 8,
            rtol: float = 1e-4, newton_steps: int = NEWTON_STEPS):
     """Up to ``steps`` linearise-project-and-walk steps from adversarial ``z`` (rows where ``z`` does not
@@ -104,9 +111,8 @@ def refine(flat_logits, x, targets, z, *, steps: int, classes: int, kappa: float
     q = min(classes, k - 1)
     n = x.shape[0]
 
-    def reaches(p):  # with the lead the attack's final verification asks for (attack_engine._verify_margin)
-        logits = flat_logits(p)
-        return jnp.min(_margins(logits, targets), -1) > 1e-5 * (1.0 + jnp.max(jnp.abs(logits), -1))
+    def reaches(p):
+        return leads(flat_logits(p), targets)
 
     def one(state):
         i, z, mu, cls, _ = state
