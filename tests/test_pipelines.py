@@ -104,3 +104,16 @@ def test_adversarial_training_study_picks_each_layer_sets_best_and_renders(tmp_p
     assert re.search(r"\*\*Adversarial training with per-layer pools improves[^*]+: (holds|does not hold)", md)
     saved = json.loads((ctx.out / "adversarial_training.json").read_text())
     assert saved["runs"]["input pool"][0]["test_error"] == result["runs"]["input pool"][0]["test_error"]
+
+
+def test_training_study_groups_seeds_of_one_configuration():
+    from experiments import training_study
+    run = lambda seed, err, key="k1": {"study": "s", "model": "FC100-100-10", "split": "train", "seed": seed,  # noqa: E731
+                                       "config_key": key, "train_error": 0.0, "test_error": err, "train_wall_s": 1.0}
+    result = {"runs": {"FC100-100-10 / a, seed 0": run(0, 0.018), "FC100-100-10 / a, seed 1": run(1, 0.016),
+                       "FC100-100-10 / b": run(0, 0.02, "k2")},
+              "provenance": {"command": "x", "seed": 0, "wall_time_s": 1.0, "machine": "m", "date": "d",
+                             "versions": {"jax": "j", "flax": "f", "optax": "o"}}}
+    md = training_study.render(result)
+    assert "| FC100-100-10 / a | 0, 1 | 1.70% | 1.60%–1.80% | 1.64% |" in md
+    assert "| FC100-100-10 / b | 0 |" not in md  # one seed: not a group
