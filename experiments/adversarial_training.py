@@ -21,7 +21,7 @@ import time
 
 from experiments import common
 from intriguing_jax import adversarial_training as at
-from intriguing_jax import figures, models, report, storage, train, verdicts
+from intriguing_jax import figures, models, report, storage, train, verdicts, zoo
 
 MODEL = "FC100-100-10"
 BASELINE = "weight decay only"
@@ -47,7 +47,7 @@ STUDY = {BASELINE: A(layers=()), "input, failed attacks kept, filled at step 0 (
 
 def run_one(ctx, mnist, name: str, adv: at.AdvTrainConfig, seed: int, epochs: int) -> dict:
     model, cfg = models.build(MODEL), dataclasses.replace(ctx.train_cfg, epochs=epochs)
-    stem = f"{storage.safe_name(name)}_s{seed}_{storage.cache_key(cfg)}_{storage.cache_key(adv)}"
+    stem = f"{storage.safe_name(name)}_s{seed}_{zoo.config_key(MODEL, cfg)}_{storage.cache_key(adv)}"
     work = pathlib.Path(ctx.workdir) / "adversarial_training"
     if (work / f"{stem}.json").exists():  # finished earlier: reuse
         return json.loads((work / f"{stem}.json").read_text())

@@ -275,11 +275,11 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
       and ``pool_seconds`` (``PoolHook.epoch_record``), and what ``on_epoch`` returned.
     """
     _check_model(model, adv.layers)
-    epochs = cfg.epochs if cfg.epochs is not None else model.spec.epochs
+    epochs, learning_rate = cfg.for_model(model.spec).epochs, cfg.for_model(model.spec).learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")
-    tx = train.optimizer(cfg, epochs * steps_per_epoch, cfg.learning_rate or model.spec.learning_rate)
+    tx = train.optimizer(cfg, epochs * steps_per_epoch, learning_rate)
     init_key, pool_key, loop_key = jax.random.split(key, 3)
     state, history, start = None, [], 0
     if checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():

@@ -66,6 +66,12 @@ class TrainConfig:
         if self.ae_solver not in ("adam", "lbfgs"):
             raise ValueError(f"ae_solver must be 'adam' or 'lbfgs', got {self.ae_solver!r}")
 
+    def for_model(self, spec) -> "TrainConfig":
+        """This config with the model spec's defaults filled in (``epochs``, ``learning_rate``): what a run
+        of ``spec`` uses, and what caches of such runs are keyed by (``zoo.config_key``)."""
+        return dataclasses.replace(self, epochs=self.epochs if self.epochs is not None else spec.epochs,
+                                   learning_rate=self.learning_rate or spec.learning_rate)
+
     @classmethod
     def smoke(cls) -> "TrainConfig":
         return cls(epochs=2, batch_size=64, ae_epochs=1, ae_iterations=10)
@@ -255,7 +261,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     References:
       Szegedy et al. 2014, Sec. 2 (models and weight decay λ·Σw²/k).
     """
-    epochs = cfg.epochs if cfg.epochs is not None else model.spec.epochs
+    epochs, learning_rate = cfg.for_model(model.spec).epochs, cfg.for_model(model.spec).learning_rate
     init_key, ae_key, loop_key = jax.random.split(key, 3)
     params = model.init(init_key)
     if model.spec.autoencoder is not None:
@@ -267,7 +273,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
         return cross_entropy(model.apply(p, x), y) + weight_decay(p, model.spec.weight_decay, cfg.decay)
 
     steps = epochs * (len(train) // cfg.batch_size)
-    tx = _frozen_optimizer(optimizer(cfg, steps, cfg.learning_rate or model.spec.learning_rate), params,
+    tx = _frozen_optimizer(optimizer(cfg, steps, learning_rate), params,
                            model.spec.frozen)
     state, history = run_epochs(loss_fn, TrainState(params, None), tx, (train.images, train.labels), loop_key,
                                 epochs, cfg.batch_size, on_epoch=_progress(on_epoch))

@@ -16,9 +16,18 @@ from intriguing_jax.data import MNIST
 log = logging.getLogger(__name__)
 
 
+def config_key(name: str, cfg: train.TrainConfig) -> str:
+    """The cache key of training registry model ``name`` with ``cfg``: the config with the model's defaults
+    filled in (``TrainConfig.for_model``) and the model's weight decay, so that a registry edit is a new key
+    and never reuses a run made under the old defaults."""
+    spec = models.spec(name)
+    return storage.cache_key({"train": dataclasses.asdict(cfg.for_model(spec)), "weight_decay": spec.weight_decay,
+                              "frozen": list(spec.frozen)})
+
+
 def checkpoint_path(workdir, name, split, seed, cfg) -> pathlib.Path:
     """Where a trained model lives: keyed by model, training split, seed and training config."""
-    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{storage.cache_key(cfg)}"
+    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{config_key(name, cfg)}"
     return pathlib.Path(workdir) / "checkpoints" / (stem + ".ckpt")
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,17 @@ def test_zoo_trains_once_then_loads(tmp_path, tiny_mnist):
     _, p2, meta2 = zoo.trained("FC10(1e-2)", tiny_mnist, split="p1", cfg=cfg, workdir=tmp_path)
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     assert meta2 == meta
+
+
+def test_cache_key_follows_the_registry_defaults(monkeypatch):
+    cfg = train.TrainConfig()
+    key = zoo.config_key("FC100-100-10", cfg)
+    spec = models.spec("FC100-100-10")
+    assert zoo.config_key("FC100-100-10", train.TrainConfig(learning_rate=spec.learning_rate, epochs=spec.epochs)) == key
+    monkeypatch.setitem(models.REGISTRY, "FC100-100-10", dataclasses.replace(spec, learning_rate=2e-2))
+    assert zoo.config_key("FC100-100-10", cfg) != key  # an edited default never reuses the old run's cache
+    monkeypatch.setitem(models.REGISTRY, "FC100-100-10", dataclasses.replace(spec, weight_decay={"dense_0": 1e-3}))
+    assert zoo.config_key("FC100-100-10", cfg) != key
 
 
 def test_hook_extra_data_enters_the_loss_and_is_refreshed(key):
