@@ -89,7 +89,7 @@ def best_of_study(study: dict) -> dict:
 
 
 def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds=STUDY_SEEDS) -> dict:
-    t0, epochs = time.time(), ctx.train_cfg.epochs or models.spec(MODEL).epochs
+    t0, epochs = time.time(), ctx.train_cfg.for_model(models.spec(MODEL)).epochs
     short = min(STUDY_EPOCHS, epochs)
     study_runs = {n: [run_one(ctx, mnist, n, STUDY[n], s, short) for s in study_seeds] for n in study}
     summary = at.summarize_runs(study_runs)

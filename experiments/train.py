@@ -22,7 +22,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     mnist = common.setup(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    epochs = args.epochs or models.spec(args.model).epochs
+    epochs = cfg.for_model(models.spec(args.model)).epochs
     bar, on_epoch = common.epoch_bar(epochs, f"{args.model} on {args.split}")
     model, _, meta = zoo.trained(args.model, mnist, split=args.split, seed=args.seed, cfg=cfg,
                                  workdir=args.workdir, on_epoch=on_epoch)
