@@ -102,7 +102,7 @@ def table(name, res) -> str:
     return (f"**{name}** ({res['images']} images; ‖r‖₂ over the {res['all_reached']} every attack reached)\n\n" + head
             + "".join(f"| {k} | {r['success']:.0%} | {r['mean_l2']:.4f} | {r['median_l2']:.4f} | "
                       f"{fmt(r['ratio_to_best_foolbox'], '.4f')} | {fmt(r['ratio_to_exact'], '.4f')} | "
-                      f"{fmt(r['img_s'], '.2f')} | {fmt(r['first_s'], '.1f')} s |\n" for k, r in res["rows"].items()))
+                      f"{fmt(r['img_s'], '.2f')} | {fmt(r['first_s'], '.1f')}{'' if r['first_s'] is None else ' s'} |\n" for k, r in res["rows"].items()))
 
 
 def main(argv=None):
