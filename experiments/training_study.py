@@ -39,6 +39,8 @@ def lambda_scan(ctx, mnist, convention: str) -> dict:
 def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
     path = ctx.out / "training_study.json"
     result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    known = {label for runs in STUDIES.values() for label in runs}
+    result["runs"] = {k: v for k, v in result["runs"].items() if k in known}  # runs of a study since renamed
     if scan:
         t0 = time.time()
         result["lambda_scan"] = lambda_scan(ctx, mnist, scan)
