@@ -26,8 +26,9 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-# this 2-core machine: the other pipelines ~15 min (the last full run, 33 min, less its 18-min advtrain) + the
-# adversarial-training pipeline's 53 runs (study and final), 103 min of summed run wall times
+# this 2-core machine: the other pipelines ~17 min (12 min with FC10, AE400-10 and ConvNet cached, after the
+# FC nets went to 100 epochs) + the adversarial-training pipeline's 53 runs (study and final), 103 min of
+# summed run wall times
 FULL_RUN_MINUTES = 120
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced

@@ -70,10 +70,13 @@ def render(result: dict) -> str:
 
     body = [[label, report.pct(r["train_error"]), report.pct(ref(r)[0]), report.pct(r["test_error"]),
              report.pct(ref(r)[1]), f"{r['train_wall_s']:.0f} s"] for label, r in result["runs"].items()]
-    groups = {}  # the same model, split and configuration trained with several seeds
+    groups = {}  # the same model, split and configuration trained with several seeds (one run per seed)
     for label, r in result["runs"].items():
-        groups.setdefault((r["model"], r["split"], r["config_key"]), []).append((label.rsplit(", seed", 1)[0], r))
-    seeded = [[runs[0][0], ", ".join(str(r.get("seed", 0)) for _, r in runs),
+        runs = groups.setdefault((r["model"], r["split"], r["config_key"]), {})
+        if r.get("seed", 0) not in runs or ", seed " in label:  # a seeded study's label names it best
+            runs[r.get("seed", 0)] = (label.rsplit(", seed", 1)[0], r)
+    groups = {k: sorted(v.values(), key=lambda lr: lr[1].get("seed", 0)) for k, v in groups.items()}
+    seeded = [[runs[-1][0], ", ".join(str(r.get("seed", 0)) for _, r in runs),
                report.pct(sum(r["test_error"] for _, r in runs) / len(runs)),
                f"{report.pct(min(r['test_error'] for _, r in runs))}–{report.pct(max(r['test_error'] for _, r in runs))}",
                report.pct(ref(runs[0][1])[1])] for runs in groups.values() if len(runs) > 1]
