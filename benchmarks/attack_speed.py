@@ -194,7 +194,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--qp-images", type=int, default=20)
+    p.add_argument("--qp-images", type=int, default=20, help="softmax-regression images compared with the exact minimum")
     p.add_argument("--workdir", default="workdir")
     p.add_argument("--no-advertorch", action="store_true", help="skip advertorch (about 30 s per model)")
     p.add_argument("--first-call", nargs=4, metavar=("MODEL", "WORKDIR", "CACHE", "N"), help=argparse.SUPPRESS)

@@ -275,7 +275,8 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
       and ``pool_seconds`` (``PoolHook.epoch_record``), and what ``on_epoch`` returned.
     """
     _check_model(model, adv.layers)
-    epochs, learning_rate = cfg.for_model(model.spec).epochs, cfg.for_model(model.spec).learning_rate
+    resolved = cfg.for_model(model.spec)
+    epochs, learning_rate = resolved.epochs, resolved.learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")

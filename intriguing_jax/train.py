@@ -261,7 +261,8 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     References:
       Szegedy et al. 2014, Sec. 2 (models and weight decay λ·Σw²/k).
     """
-    epochs, learning_rate = cfg.for_model(model.spec).epochs, cfg.for_model(model.spec).learning_rate
+    resolved = cfg.for_model(model.spec)
+    epochs, learning_rate = resolved.epochs, resolved.learning_rate
     init_key, ae_key, loop_key = jax.random.split(key, 3)
     params = model.init(init_key)
     if model.spec.autoencoder is not None:
