@@ -18,7 +18,6 @@ import json
 import pathlib
 import time
 
-
 from experiments import common
 from intriguing_jax import adversarial_training as at
 from intriguing_jax import figures, models, report, storage, train, verdicts, zoo
@@ -138,6 +137,9 @@ def render(result: dict) -> str:
     shorter = (f"; the final runs train {result['epochs']} epochs where Table 1's {result['model']} trains {recipe} "
                "(kept shorter to bound the full run's time)" if recipe > result["epochs"] else "")
 
+    cfg = next((rs[0]["adv_config"] for rs in result["runs"].values() if rs[0]["layers"]),
+               dataclasses.asdict(at.AdvTrainConfig()))  # the pools' shared settings
+
     def pools(x):
         return ("–" if x["pool_success"] is None else
                 f"{report.pct(x['pool_success'], 1)} / {report.pct(x['pool_kept'], 1)} / {x['pool_distortion']:.3f}")
@@ -159,9 +161,11 @@ def render(result: dict) -> str:
     return ("## Adversarial training with per-layer pools (Sec. 4.2)\n\n"
             f"{result['model']}, the same optimiser for every run{shorter}. "
             "Pools (the paper gives no sizes or schedule): "
-            "2,000 slots per layer; every 200 steps 200 training images per pool are attacked against the current "
-            "weights (L-BFGS, 3 values of c, 20 iterations) and written into empty, then random slots; 64 pool "
-            "examples per pool per step; loss (1 − mix)·CE(clean) + mix·mean CE(pools). Layer 0 = input, 1 and 2 "
+            f"{cfg['pool_size']:,} slots per layer; every {cfg['refresh_every']} steps {cfg['refresh_count']} "
+            "training images per pool are attacked against the current weights (L-BFGS, "
+            f"{cfg['attack']['c_steps']} values of c, {cfg['attack']['maxiter']} iterations) and written into "
+            f"empty, then random slots; {cfg['pool_batch']} pool examples per pool per step; loss "
+            "(1 − mix)·CE(clean) + mix·mean CE(pools). Layer 0 = input, 1 and 2 "
             "= the hidden layers' outputs; each pool trains the layers above it. Pool attacks: the last epoch's "
             "share of attacks that reached their target / written into the pool / their mean distortion (RMS in "
             "the layer's space). Av. min. distortion: the full attack on the first "
