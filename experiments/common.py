@@ -84,7 +84,7 @@ class Context:
 
 def trained(ctx: Context, mnist: data.MNIST, name: str, split: str = "train"):
     """``zoo.trained`` with a progress bar: ``(model, params, meta)``, cached under ``ctx.workdir``."""
-    epochs = ctx.train_cfg.for_model(models.spec(name)).epochs
+    epochs = zoo.resolved_config(name, ctx.train_cfg, split).epochs
     bar, on_epoch = epoch_bar(epochs, f"train {name} on {split}")
     try:
         return zoo.trained(name, mnist, split=split, seed=ctx.seed, cfg=ctx.train_cfg,

@@ -15,14 +15,14 @@ def main(argv=None):
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=models.names(), help="registry name (paper's)")
     p.add_argument("--split", default="train", choices=("train", "p1", "p2"))
-    p.add_argument("--epochs", type=int, default=None, help="default: the model's registry default")
+    p.add_argument("--epochs", type=int, default=None, help="default: the model's registry default (twice that on p1/p2: the same number of steps)")
     p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
     p.add_argument("--learning-rate", type=float, default=None,
                    help="peak Adam rate (default: the model's, e.g. 1e-2 for the MLPs)")
     args = p.parse_args(argv)
     mnist = common.setup(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    epochs = cfg.for_model(models.spec(args.model)).epochs
+    epochs = zoo.resolved_config(args.model, cfg, args.split).epochs
     bar, on_epoch = common.epoch_bar(epochs, f"{args.model} on {args.split}")
     model, _, meta = zoo.trained(args.model, mnist, split=args.split, seed=args.seed, cfg=cfg,
                                  workdir=args.workdir, on_epoch=on_epoch)

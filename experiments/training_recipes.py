@@ -10,8 +10,9 @@ from intriguing_jax import train
 # The recipe before this study (Adam 1e-3, λ·Σw²/k, Adam-trained autoencoder with ρ 0.05), which the
 # first studies vary; "fc3" checks the two best rates with the chosen convention on FC200 and P1. Chosen
 # (train.TrainConfig / ModelSpec defaults): half_sum, Adam 1e-2 for the MLPs, the L-BFGS autoencoder;
-# "fc4" (three seeds each) then chose 100 epochs for the FC nets. Runs that name no epoch count are the
-# 60 epochs every MLP had before fc4.
+# "fc4" (three seeds each) then chose 100 epochs for FC100-100-10, "fc5"/"fc7" kept 60 for FC200-200-10,
+# "fc6" twice the epochs (the same steps) on a half of the training set, "fc8" kept the cosine schedule
+# and Flax's initialisation. Runs that name no epoch count are the 60 epochs every MLP had before fc4.
 EPOCHS_BEFORE = 60
 BEFORE = dict(learning_rate=1e-3, decay="per_unit", ae_solver="adam", ae_sparsity=0.05)
 
@@ -59,6 +60,18 @@ STUDIES = {
     # fc4's choice (60 -> 100 epochs) on the other nets it changes, three seeds each
     "fc5": {label: run for m, split in (("FC200-200-10", "train"), ("FC100-100-10", "p1")) for label, run in _fc(
         m, split, {"adam 1e-2, 60 epochs": C(epochs=60), "adam 1e-2, 100 epochs": C(epochs=100)}, SEEDS).items()},
+    # a model trained on a 30,000-image half takes half the steps per epoch: 200 epochs on P1 are the steps of
+    # 100 on the whole training set
+    "fc6": _fc("FC100-100-10", "p1", {"adam 1e-2, 200 epochs": C(epochs=200)}, SEEDS),
+    # fc5's FC200-200-10 comparison (60 against 100 epochs, within the seed spread) with two more seeds
+    "fc7": _fc("FC200-200-10", "train", {"adam 1e-2, 60 epochs": C(epochs=60), "adam 1e-2, 100 epochs": C(epochs=100)},
+               (3, 4)),
+    # the learning-rate schedule and the initialisation against the recipe (cosine, LeCun normal: fc4's
+    # "adam 1e-2, 100 epochs"), three seeds each
+    "fc8": _fc("FC100-100-10", "train", {
+        "adam 1e-2, 100 epochs, constant rate": C(epochs=100, schedule="constant"),
+        "adam 1e-2, 100 epochs, step decay": C(epochs=100, schedule="step"),
+        "adam 1e-2, 100 epochs, Glorot-uniform init": C(epochs=100, init="glorot_uniform")}, SEEDS),
 }
 
 

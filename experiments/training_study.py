@@ -53,7 +53,7 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
             _, _, meta = common.trained(dataclasses.replace(ctx, train_cfg=cfg, seed=seed), mnist, name, split)
             result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
                                      "config": dataclasses.asdict(cfg),
-                                     "config_key": zoo.config_key(name, cfg), "train_error": meta["train_error"],
+                                     "config_key": zoo.config_key(name, cfg, split), "train_error": meta["train_error"],
                                      "test_error": meta["test_error"], "train_wall_s": meta["provenance"]["wall_time_s"],
                                      "this_call_s": time.time() - t0}
             print(f"{label}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "

@@ -293,7 +293,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
             log.warning("%s; starting over", e)
     hook = PoolHook(model, split, adv)
     if state is None:
-        params = model.init(init_key)
+        params = train.initial_params(model, init_key, cfg)
         pools = _empty_pools(model, params, adv)
         if adv.initial_fill:
             t0 = time.perf_counter()

@@ -69,6 +69,10 @@ class Split:
         return Split(self.images[:n], self.labels[:n])
 
 
+# the share of the 60,000 training images each training split holds (P1, P2: the paper's halves)
+TRAINING_SHARE = {"train": 1.0, "p1": 0.5, "p2": 0.5}
+
+
 @dataclasses.dataclass(frozen=True)
 class MNIST:
     train: Split

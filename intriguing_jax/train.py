@@ -5,7 +5,7 @@ explicit PRNG keys, and autoencoder pre-training for AE400-10.
 Our choices where the paper is silent (Sec. 2 gives no optimiser, epochs or initialisation), chosen by the
 recorded study in ``experiments/training_study.py`` (results/training_study.md): Adam with a
 cosine-decayed learning rate from 1e-2 (MLPs; 1e-3 for the ConvNet), batch 128, Flax's default
-(LeCun-normal) initialisation, the epoch count in each ``ModelSpec``; the paper's λ applied as λ/2·Σw² beside the mean cross-entropy (the one
+(LeCun-normal) initialisation, the epoch count in each ``ModelSpec`` (passes over the full training set); the paper's λ applied as λ/2·Σw² beside the mean cross-entropy (the one
 convention that matches all three FC10 rows of Table 1 best); AE400-10's sparse autoencoder trained by
 full-batch L-BFGS (ρ = 0.1, β = 3, λ = 3e-3).
 """
@@ -26,6 +26,8 @@ from intriguing_jax.models import Model
 
 
 DECAY_CONVENTIONS = ("per_unit", "sum", "half_sum")
+SCHEDULES = ("cosine", "constant", "step")
+INITIALISATIONS = ("lecun_normal", "glorot_uniform", "he_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +36,12 @@ class TrainConfig:
 
     Attributes:
       epochs, learning_rate: None: the model spec's default (``ModelSpec.epochs``, ``.learning_rate``).
-        batch_size: minibatch size. The rate is the peak, cosine-decayed to 0 over the run.
+        batch_size: minibatch size.
       optimizer: ``"adam"`` or ``"momentum"`` (SGD with Nesterov momentum 0.9).
+      schedule: the learning rate over the run: ``"cosine"`` (decayed from the peak to 0), ``"constant"``,
+        ``"step"`` (×0.1 after half and after three quarters of the steps).
+      init: the weight matrices' initialisation: ``"lecun_normal"`` (Flax's default), ``"glorot_uniform"``,
+        ``"he_normal"``; biases start at 0.
       decay: how the spec's per-layer λ is applied to a layer with k units, beside the *mean*
         cross-entropy: ``"per_unit"`` λ·Σw²/k (the paper's formula as written), ``"sum"`` λ·Σw²,
         ``"half_sum"`` λ/2·Σw² (the classic weight-decay convention).
@@ -57,6 +63,8 @@ class TrainConfig:
     ae_solver: str = "lbfgs"
     ae_iterations: int = 400
     ae_images: int = 10000
+    schedule: str = "cosine"
+    init: str = "lecun_normal"
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "momentum"):
@@ -65,12 +73,26 @@ class TrainConfig:
             raise ValueError(f"decay must be one of {DECAY_CONVENTIONS}, got {self.decay!r}")
         if self.ae_solver not in ("adam", "lbfgs"):
             raise ValueError(f"ae_solver must be 'adam' or 'lbfgs', got {self.ae_solver!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.init not in INITIALISATIONS:
+            raise ValueError(f"init must be one of {INITIALISATIONS}, got {self.init!r}")
 
-    def for_model(self, spec) -> "TrainConfig":
+    def for_model(self, spec, share: float = 1.0) -> "TrainConfig":
         """This config with the model spec's defaults filled in (``epochs``, ``learning_rate``): what a run
-        of ``spec`` uses, and what caches of such runs are keyed by (``zoo.config_key``)."""
-        return dataclasses.replace(self, epochs=self.epochs if self.epochs is not None else spec.epochs,
-                                   learning_rate=self.learning_rate or spec.learning_rate)
+        of ``spec`` uses, and what caches of such runs are keyed by (``zoo.config_key``).
+
+        Args:
+          spec: the model's ``ModelSpec``.
+          share: the fraction of the full training set the run trains on (``data.TRAINING_SHARE``). The
+            spec's epochs count passes over the full set, so a run on half of it (the paper's P1, P2) takes
+            twice as many passes: the same number of optimiser steps (training study fc6). An explicit
+            ``epochs`` is taken as given.
+        """
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        epochs = self.epochs if self.epochs is not None else max(1, round(spec.epochs / share))
+        return dataclasses.replace(self, epochs=epochs, learning_rate=self.learning_rate or spec.learning_rate)
 
     @classmethod
     def smoke(cls) -> "TrainConfig":
@@ -88,10 +110,36 @@ def weight_decay(params, decay: dict[str, float], convention: str = "per_unit") 
     return total
 
 
+def learning_rate_schedule(schedule: str, steps: int, peak: float) -> optax.Schedule:
+    """The rate at each step of a run of ``steps`` steps (``TrainConfig.schedule``)."""
+    steps = max(steps, 1)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(peak, steps)
+    if schedule == "constant":
+        return optax.constant_schedule(peak)
+    if schedule == "step":
+        return optax.piecewise_constant_schedule(peak, {steps // 2: 0.1, 3 * steps // 4: 0.1})
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
 def optimizer(cfg: TrainConfig, steps: int, learning_rate: float) -> optax.GradientTransformation:
-    """``cfg.optimizer`` with a learning rate cosine-decayed from ``learning_rate`` over ``steps`` steps."""
-    lr = optax.cosine_decay_schedule(learning_rate, max(steps, 1))
+    """``cfg.optimizer`` with peak rate ``learning_rate`` on ``cfg.schedule`` over ``steps`` steps."""
+    lr = learning_rate_schedule(cfg.schedule, steps, learning_rate)
     return optax.adam(lr) if cfg.optimizer == "adam" else optax.sgd(lr, momentum=0.9, nesterov=True)
+
+
+def initial_params(model: Model, key: jax.Array, cfg: TrainConfig):
+    """``model``'s initial weights: Flax's (LeCun-normal kernels, zero biases), or with every kernel drawn
+    again by ``cfg.init`` (fan-in and fan-out of dense and convolution kernels alike)."""
+    params = model.init(key)
+    if cfg.init == "lecun_normal":
+        return params
+    draw = {"glorot_uniform": jax.nn.initializers.glorot_uniform(),
+            "he_normal": jax.nn.initializers.he_normal()}[cfg.init]
+    layers = params["params"]
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(layers))
+    return {**params, "params": {name: {**layer, "kernel": draw(k, layer["kernel"].shape, layer["kernel"].dtype)}
+                                 for k, (name, layer) in zip(keys, layers.items())}}
 
 
 def cross_entropy(logits, labels) -> jax.Array:
@@ -264,7 +312,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     resolved = cfg.for_model(model.spec)
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     init_key, ae_key, loop_key = jax.random.split(key, 3)
-    params = model.init(init_key)
+    params = initial_params(model, init_key, cfg)
     if model.spec.autoencoder is not None:
         encoder, _ = pretrain_autoencoder(model, train, ae_key, cfg)
         params = {"params": {**params["params"], "dense_0": encoder}}

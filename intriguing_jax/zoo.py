@@ -11,23 +11,32 @@ import time
 import jax
 
 from intriguing_jax import checkpoint, models, provenance, storage, train
-from intriguing_jax.data import MNIST
+from intriguing_jax.data import MNIST, TRAINING_SHARE
 
 log = logging.getLogger(__name__)
 
 
-def config_key(name: str, cfg: train.TrainConfig) -> str:
-    """The cache key of training registry model ``name`` with ``cfg``: the config with the model's defaults
-    filled in (``TrainConfig.for_model``) and the model's weight decay, so that a registry edit is a new key
-    and never reuses a run made under the old defaults."""
+def resolved_config(name: str, cfg: train.TrainConfig, split: str = "train") -> train.TrainConfig:
+    """``cfg`` as a run of registry model ``name`` on training split ``split`` uses it: the model's
+    defaults filled in, the default epochs scaled to the split's share of the training set
+    (``TrainConfig.for_model``)."""
+    if split not in TRAINING_SHARE:
+        raise ValueError(f"unknown training split {split!r}; expected one of {sorted(TRAINING_SHARE)}")
+    return cfg.for_model(models.spec(name), TRAINING_SHARE[split])
+
+
+def config_key(name: str, cfg: train.TrainConfig, split: str = "train") -> str:
+    """The cache key of training registry model ``name`` on ``split`` with ``cfg``: the resolved config
+    (``resolved_config``) and the model's weight decay, so that a registry edit is a new key and never
+    reuses a run made under the old defaults."""
     spec = models.spec(name)
-    return storage.cache_key({"train": dataclasses.asdict(cfg.for_model(spec)), "weight_decay": spec.weight_decay,
-                              "frozen": list(spec.frozen)})
+    return storage.cache_key({"train": dataclasses.asdict(resolved_config(name, cfg, split)),
+                              "weight_decay": spec.weight_decay, "frozen": list(spec.frozen)})
 
 
 def checkpoint_path(workdir, name, split, seed, cfg) -> pathlib.Path:
     """Where a trained model lives: keyed by model, training split, seed and training config."""
-    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{config_key(name, cfg)}"
+    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{config_key(name, cfg, split)}"
     return pathlib.Path(workdir) / "checkpoints" / (stem + ".ckpt")
 
 
@@ -47,7 +56,8 @@ def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,
         except checkpoint.CheckpointError as e:
             log.warning("%s; retraining", e)
     t0 = time.time()
-    params, history = train.fit(model, mnist.split(split), jax.random.key(seed), cfg, on_epoch=on_epoch)
+    params, history = train.fit(model, mnist.split(split), jax.random.key(seed), resolved_config(name, cfg, split),
+                                on_epoch=on_epoch)
     errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s))
               for s in ("train", "test", "p1", "p2")}
     meta = {"model": model.name, "split": split, **errors, "loss_history": history,

@@ -83,6 +83,20 @@ def test_cache_key_follows_the_registry_defaults(monkeypatch):
     assert zoo.config_key("FC100-100-10", cfg) != key
 
 
+def test_a_half_of_the_training_set_takes_the_same_steps():
+    """Default epochs count passes over the full set: P1/P2 runs get twice as many; explicit epochs are kept."""
+    spec = models.spec("FC100-100-10")
+    assert zoo.resolved_config("FC100-100-10", train.TrainConfig(), "p1").epochs == 2 * spec.epochs
+    assert zoo.resolved_config("FC100-100-10", train.TrainConfig(), "train").epochs == spec.epochs
+    assert zoo.resolved_config("FC100-100-10", train.TrainConfig(epochs=3), "p2").epochs == 3
+    assert zoo.config_key("FC100-100-10", train.TrainConfig(), "p1") == zoo.config_key(
+        "FC100-100-10", train.TrainConfig(epochs=2 * spec.epochs), "p1")
+    with pytest.raises(ValueError, match="unknown training split 'test'"):
+        zoo.config_key("FC100-100-10", train.TrainConfig(), "test")
+    with pytest.raises(ValueError, match="share"):
+        train.TrainConfig().for_model(spec, 0.0)
+
+
 def test_hook_extra_data_enters_the_loss_and_is_refreshed(key):
     """The one training loop: a hook's extra data reaches the loss; before_step replaces it."""
     seen = []
@@ -103,3 +117,32 @@ def test_hook_extra_data_enters_the_loss_and_is_refreshed(key):
     resumed, hist2 = train.run_epochs(loss_fn, state, optax.sgd(0.1), data, key, 3, 4, hook=Shift(),
                                       start_epoch=2)
     assert seen[-2:] == [4, 5] and len(hist2) == 1
+
+
+def test_learning_rate_schedules():
+    cos, const, step = (train.learning_rate_schedule(s, 100, 0.5) for s in ("cosine", "constant", "step"))
+    assert float(cos(0)) == pytest.approx(0.5) and float(cos(100)) == pytest.approx(0.0, abs=1e-7)
+    assert [float(const(i)) for i in (0, 99)] == [0.5, 0.5]
+    assert [float(step(i)) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005, 0.005])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        train.TrainConfig(schedule="linear")
+
+
+@pytest.mark.parametrize("name", ["FC100-100-10", "ConvNet"])
+def test_initialisations_redraw_kernels_at_their_scale(key, name):
+    model = models.build(name)
+    flax_default = train.initial_params(model, key, train.TrainConfig())
+    jax.tree.map(np.testing.assert_array_equal, flax_default, model.init(key))
+    glorot = train.initial_params(model, key, train.TrainConfig(init="glorot_uniform"))
+    he = train.initial_params(model, key, train.TrainConfig(init="he_normal"))
+    for layer, p in glorot["params"].items():
+        k = p["kernel"]
+        receptive = int(np.prod(k.shape[:-2]))  # 1 for a dense kernel, the window for a convolution
+        fan_in, fan_out = receptive * k.shape[-2], receptive * k.shape[-1]
+        if k.size >= 2000:  # enough draws for the variance to be within 15%
+            assert float(jnp.var(k)) == pytest.approx(2 / (fan_in + fan_out), rel=0.15)
+            assert float(jnp.var(he["params"][layer]["kernel"])) == pytest.approx(2 / fan_in, rel=0.15)
+        np.testing.assert_array_equal(p["bias"], 0)
+        assert k.shape == flax_default["params"][layer]["kernel"].shape
+    with pytest.raises(ValueError, match="init must be one of"):
+        train.TrainConfig(init="orthogonal")
