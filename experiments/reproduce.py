@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
-    python -m experiments.reproduce            # full run (about 2 hours on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 2 h 30 min on a 2-core CPU)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
 
@@ -26,10 +26,9 @@ PIPELINES = {
     "spectral": (spectral, "spectral.json"),
     "advtrain": (adversarial_training, "adversarial_training.json"),
 }
-# this 2-core machine: the other pipelines ~17 min (12 min with FC10, AE400-10 and ConvNet cached, after the
-# FC nets went to 100 epochs) + the adversarial-training pipeline's 53 runs (study and final), 103 min of
-# summed run wall times
-FULL_RUN_MINUTES = 120
+# this 2-core machine: the other pipelines ~21 min (models trained 21 min of it: 1,287 s summed) + the
+# adversarial-training pipeline's 53 runs, 131 min of summed run wall times (study 46, final runs at 100 epochs 85)
+FULL_RUN_MINUTES = 150
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 

@@ -272,9 +272,11 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     Returns:
       ``(params, history)``: one dict per epoch: ``epoch``, ``loss``, per pool layer k its refreshes'
       means ``pool{k}_success`` / ``pool{k}_kept`` / ``pool{k}_distortion`` and ``pool{k}_filled``
-      and ``pool_seconds`` (``PoolHook.epoch_record``), and what ``on_epoch`` returned.
+      and ``pool_seconds`` (``PoolHook.epoch_record``), what ``on_epoch`` returned, and the epoch's
+      ``seconds`` (``on_epoch`` included; summed, the run's time across resumes).
     """
     _check_model(model, adv.layers)
+    last = [time.perf_counter()]  # end of the previous epoch: each epoch's record gets its seconds
     resolved = cfg.for_model(model.spec)
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
@@ -309,6 +311,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
         record = {"epoch": epoch + 1, "loss": loss, **hook.epoch_record(st.extra)}
         if on_epoch is not None:
             record.update(on_epoch(epoch, st.params) or {})
+        record["seconds"], last[0] = time.perf_counter() - last[0], time.perf_counter()  # survives a resume
         history.append(record)
         if checkpoint_path is not None:
             checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},

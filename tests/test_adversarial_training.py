@@ -85,6 +85,7 @@ def test_mixing_changes_training_and_interrupted_runs_resume_identically(tiny_mn
         at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt, on_epoch=stop_after_first)
     resumed, hist = at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt)
     assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(h["seconds"] > 0 for h in hist)  # the epoch before the interruption keeps its time
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(mixed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
