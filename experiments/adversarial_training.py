@@ -133,8 +133,9 @@ def diagnosis(st: dict) -> str:
 
 def render(result: dict) -> str:
     recipe = train.TrainConfig(**result["train_config"]).for_model(models.spec(result["model"])).epochs
-    length = (f"{result['epochs']} epochs, as Table 1's model" if recipe == result["epochs"] else
-              f"{result['epochs']} epochs where Table 1's {result['model']} trains {recipe}")
+    epochs = f"{result['epochs']} epoch{'s' * (result['epochs'] != 1)}"
+    length = (f"{epochs}, as Table 1's model" if recipe == result["epochs"] else
+              f"{epochs} where Table 1's {result['model']} trains {recipe}")
 
     cfg = next((rs[0]["adv_config"] for rs in result["runs"].values() if rs[0]["layers"]),
                dataclasses.asdict(at.AdvTrainConfig()))  # the pools' shared settings
