@@ -67,7 +67,8 @@ def run_one(ctx, mnist, name: str, adv: at.AdvTrainConfig, seed: int, epochs: in
     bar.close()
     t_attack = time.time()
     final = common.attack_summary(ctx, model, params, x_eval[:FINAL_IMAGES], t_eval[:FINAL_IMAGES], work / f"{stem}_attack")
-    wall = sum(h["seconds"] for h in history) + time.time() - t_attack  # every epoch, also those before a resume
+    # every epoch, also those before a resume (an epoch checkpointed by an older version has no seconds)
+    wall = sum(h.get("seconds", 0.0) for h in history) + time.time() - t_attack
     out = {"variant": name, "layers": list(adv.layers), "seed": seed, "epochs": epochs, "history": history,
            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
            "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
@@ -89,7 +90,7 @@ def best_of_study(study: dict) -> dict:
 
 
 def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds=STUDY_SEEDS) -> dict:
-    t0, epochs = time.time(), ctx.train_cfg.for_model(models.spec(MODEL)).epochs
+    t0, epochs = time.time(), zoo.resolved_config(MODEL, ctx.train_cfg).epochs
     short = min(STUDY_EPOCHS, epochs)
     study_runs = {n: [run_one(ctx, mnist, n, STUDY[n], s, short) for s in study_seeds] for n in study}
     summary = at.summarize_runs(study_runs)
@@ -132,7 +133,7 @@ def diagnosis(st: dict) -> str:
 
 
 def render(result: dict) -> str:
-    recipe = train.TrainConfig(**result["train_config"]).for_model(models.spec(result["model"])).epochs
+    recipe = zoo.resolved_config(result["model"], train.TrainConfig(**result["train_config"])).epochs
     epochs = f"{result['epochs']} epoch{'s' * (result['epochs'] != 1)}"
     length = (f"{epochs}, as Table 1's model" if recipe == result["epochs"] else
               f"{epochs} where Table 1's {result['model']} trains {recipe}")

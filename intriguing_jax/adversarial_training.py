@@ -276,7 +276,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
       ``seconds`` (``on_epoch`` included; summed, the run's time across resumes).
     """
     _check_model(model, adv.layers)
-    last = [time.perf_counter()]  # end of the previous epoch: each epoch's record gets its seconds
+    last = time.perf_counter()  # end of the previous epoch: each epoch's record gets its seconds
     resolved = cfg.for_model(model.spec)
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
@@ -308,10 +308,12 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     state = jax.tree.map(jnp.asarray, state)  # a loaded checkpoint holds numpy arrays
 
     def end_of_epoch(epoch, st: train.TrainState, loss):
+        nonlocal last
         record = {"epoch": epoch + 1, "loss": loss, **hook.epoch_record(st.extra)}
         if on_epoch is not None:
             record.update(on_epoch(epoch, st.params) or {})
-        record["seconds"], last[0] = time.perf_counter() - last[0], time.perf_counter()  # survives a resume
+        now = time.perf_counter()
+        record["seconds"], last = now - last, now  # kept in the checkpoint: survives a resume
         history.append(record)
         if checkpoint_path is not None:
             checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},
