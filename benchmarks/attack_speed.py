@@ -216,7 +216,8 @@ def main(argv=None):
     import numpy as np
     from jax.tree_util import Partial
 
-    from intriguing_jax import attack_engine, attacks, data, provenance
+    from intriguing_jax import _attack_engine as _engine
+    from intriguing_jax import attacks, data, provenance
     from intriguing_jax.exact import linear_min_l2
 
     mnist = data.load_mnist()
@@ -228,10 +229,10 @@ def main(argv=None):
         fn = Partial(model.apply, params)
         b = len(x)
         # compile time alone: lower + compile the program the call below runs
-        slots = min(cfg.block_size or attacks.default_block_size(), b)
+        slots = min(cfg.block_size or _engine.default_block_size(), b)
         flat = jax.numpy.asarray(x)
         t0 = time.perf_counter()
-        lowered = attack_engine.attack_streaming.lower(fn, flat, jax.numpy.asarray(t), (x.shape[1],), cfg, slots)
+        lowered = _engine.attack_streaming.lower(fn, flat, jax.numpy.asarray(t), (x.shape[1],), cfg, slots)
         t_lower = time.perf_counter() - t0
         lowered.compile()
         t_compile = time.perf_counter() - t0 - t_lower

@@ -61,7 +61,8 @@ def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 100
     import numpy as np
     from jax.tree_util import Partial
 
-    from intriguing_jax import attack_engine, attacks, compile_cache, data, zoo
+    from intriguing_jax import _attack_engine as _engine
+    from intriguing_jax import attacks, compile_cache, data, zoo
     compile_cache.enable(src / "jax_cache")
     print(f"devices: {jax.devices()}")
     mnist = data.load_mnist("cache")
@@ -70,9 +71,9 @@ def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 100
     ref = json.loads((src / "cpu_reference.json").read_text())
     x, t = _images(mnist, model, params, ref["images"])
     cfg = attacks.AttackConfig()
-    slots = min(attacks.default_block_size(), len(x))
+    slots = min(_engine.default_block_size(), len(x))
     t0 = time.perf_counter()
-    attack_engine.attack_streaming.lower(fn, jax.numpy.asarray(x), jax.numpy.asarray(t), (784,), cfg, slots).compile()
+    _engine.attack_streaming.lower(fn, jax.numpy.asarray(x), jax.numpy.asarray(t), (784,), cfg, slots).compile()
     print(f"compile (batch {len(x)}): {time.perf_counter() - t0:.2f} s (lowering included)")
     res = attacks.lbfgs_attack(fn, x, t)
     ok = np.asarray(res.success)

@@ -18,7 +18,7 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, figures, models, provenance, storage, zoo
+from intriguing_jax import attacks, compile_cache, figures, models, provenance, storage, zoo
 
 
 def main(argv=None):
@@ -53,7 +53,7 @@ def main(argv=None):
                              title=f"{model.name}: original | r ×10 | adversarial")
     print(f"{model.name}: success {summary['success_rate']:.1%}, mean distortion "
           f"{summary['mean_distortion']:.4f}, {summary['images_per_second']:.1f} images/s -> {out}")
-    common.log_compile_cache()
+    compile_cache.log_stats()
     return summary
 
 

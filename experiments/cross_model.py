@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from experiments import common
-from intriguing_jax import attacks, figures, noise, paper, report, transfer, verdicts
+from intriguing_jax import attacks, figures, noise, paper, report, storage, train, transfer, verdicts
 
 GAUSSIAN = (0.1, 0.3)
 NOISE = "Gaussian: each stddev unclipped (realised RMS = stddev) and, same draw, clipped to [0, 1]"
@@ -26,13 +26,13 @@ def run(ctx: common.Context, mnist, model_names=paper.TABLE1_MODELS) -> dict:
     t0 = time.time()
     x, y, targets = common.first_images(ctx, mnist.train)
     trained = {n: common.trained(ctx, mnist, n) for n in model_names}
-    classifiers = {n: common.classifier(m, p) for n, (m, p, _) in trained.items()}
+    classifiers = {n: train.predictor(m.apply, p) for n, (m, p, _) in trained.items()}
     images, success = {}, {}
     for n, (m, p, _) in trained.items():
         res = common.attack(ctx, n, "train", m, p, x, targets, "train")
         images[n], success[n] = res.adversarial, float(np.mean(res.success))
     for i, s in enumerate(GAUSSIAN):
-        images.update(common.gaussian_rows(ctx.key(2, i), x, s))
+        images.update(noise.gaussian_rows(ctx.key(2, i), x, s))
     for i, n in enumerate(model_names):
         images[f"Noise matched to RMS of {n}"] = np.asarray(
             noise.noise_with_rms(ctx.key(3, i), x, attacks.distortion(x, images[n])))
@@ -42,7 +42,7 @@ def run(ctx: common.Context, mnist, model_names=paper.TABLE1_MODELS) -> dict:
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(model_names),
               "adversarial_rows": list(model_names), "num_images": len(x), "fig7": fig7,
               "provenance": common.record(ctx, t0, pipeline="table2", noise=NOISE)}
-    return common.publish(ctx, "table2.json", "table2_cross_model.md", result, render)
+    return storage.publish(ctx.out, "table2.json", "table2_cross_model.md", result, render)
 
 
 def _fig7(ctx, x, y, adversarial, classify) -> dict | None:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from experiments import common, cross_model
-from intriguing_jax import attacks, noise, paper, report, transfer, verdicts
+from intriguing_jax import attacks, noise, paper, report, storage, train, transfer, verdicts
 
 # (display name, registry model, training split)
 MODELS = (("FC100-100-10", "FC100-100-10", "p1"), ("FC123-456-10", "FC123-456-10", "p1"),
@@ -30,18 +30,18 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
     classifiers, table3, adv = {}, {}, {}
     for display, name, split in models:
         m, p, meta = common.trained(ctx, mnist, name, split)
-        classifiers[display] = common.classifier(m, p)
+        classifiers[display] = train.predictor(m.apply, p)
         res = common.attack(ctx, name, split, m, p, x, targets, "test")
         stats, adv[display] = attacks.summarize(res), res.adversarial
         table3[display] = {"model": name, "trained_on": split.upper(), "p1_error": meta["p1_error"],
                            "p2_error": meta["p2_error"], "test_error": meta["test_error"],
                            "success_rate": stats["success_rate"], "failures": stats["failures"],
-                           "mean_distortion": stats["mean_distortion"]}
+                           "mean_distortion": stats["mean_distortion"], "train_wall_s": meta["provenance"]["wall_time_s"]}
     rows = {f"Distorted for {d}": a for d, a in adv.items()}
-    rows.update(common.gaussian_rows(ctx.key(5, 0), x, 0.06))
+    rows.update(noise.gaussian_rows(ctx.key(5, 0), x, 0.06))
     rows.update({f"Distorted for {d}{MAGNIFIED}": np.asarray(transfer.rescale_to_rms(x, a, MAGNIFIED_RMS))
                  for d, a in adv.items()})
-    rows.update(common.gaussian_rows(ctx.key(5, 1), x, 0.1))
+    rows.update(noise.gaussian_rows(ctx.key(5, 1), x, 0.1))
     rows.update({f"Noise matched to RMS of {d}": np.asarray(noise.noise_with_rms(
         ctx.key(5, 2 + i), x, attacks.distortion(x, a))) for i, (d, a) in enumerate(adv.items())})
     literal = {f"Distorted for {d}, paper's formula literally": np.asarray(
@@ -53,7 +53,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(classifiers),
               "num_images": len(x),
               "provenance": common.record(ctx, t0, pipeline="table3_4", noise=cross_model.NOISE)}
-    return common.publish(ctx, "table3_4.json", "table3_4_cross_training.md", result, render)
+    return storage.publish(ctx.out, "table3_4.json", "table3_4_cross_training.md", result, render)
 
 
 def render(result: dict) -> str:

@@ -1,12 +1,12 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
-    python -m experiments.reproduce            # full run (about 2 h 30 min on a 2-core CPU)
+    python -m experiments.reproduce            # full run (about 2 h 30 min on a 2-core CPU, as recorded)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
+    python -m experiments.reproduce --render        # no computation: Markdown re-rendered from the JSON
 
-Every pipeline reuses what is cached under --workdir (checkpoints, attack chunks), so an interrupted run
-resumes where it stopped and a repeated run only re-renders. REPORT.md is assembled from the JSON
-results present in --results, so it always shows every section computed so far.
+Pipelines reuse what is cached under --workdir (checkpoints, attack chunks): an interrupted run resumes
+where it stopped. REPORT.md is assembled from every JSON result present in --results.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ import json
 import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
-from intriguing_jax import attacks, storage, train
+from intriguing_jax import attacks, compile_cache, provenance, storage, train
 
-# name -> (module with run/render, JSON file it writes); run in this order.
-PIPELINES = {
-    "table1": (table1, "table1.json"),
-    "table2": (cross_model, "table2.json"),
-    "table3": (cross_training, "table3_4.json"),
-    "units": (units, "units.json"),
-    "spectral": (spectral, "spectral.json"),
-    "advtrain": (adversarial_training, "adversarial_training.json"),
-}
-# this 2-core machine: the other pipelines ~21 min (models trained 21 min of it: 1,287 s summed) + the
-# adversarial-training pipeline's 53 runs, 131 min of summed run wall times (study 46, final runs at 100 epochs 85)
-FULL_RUN_MINUTES = 150
+# name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
+PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
+             "table2": (cross_model, "table2.json", "table2_cross_model.md"),
+             "table3": (cross_training, "table3_4.json", "table3_4_cross_training.md"),
+             "units": (units, "units.json", "units.md"), "spectral": (spectral, "spectral.json", "spectral.md"),
+             "advtrain": (adversarial_training, "adversarial_training.json", "adversarial_training.md")}
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
@@ -49,9 +43,7 @@ def context(args) -> common.Context:
 def run_all(ctx: common.Context, mnist, only=None, **overrides) -> str:
     """Runs the selected pipelines in order (``overrides[name]`` are extra keyword arguments for one
     pipeline's ``run``, e.g. fewer models in tests), then assembles and writes REPORT.md."""
-    for name, (module, _) in PIPELINES.items():
-        if only and name not in only:
-            continue
+    for name, (module, _, _) in ((n, p) for n, p in PIPELINES.items() if not only or n in only):
         t0 = time.time()
         module.run(ctx, mnist, **overrides.get(name, {}))
         print(f"[{name}] done in {time.time() - t0:.0f} s")
@@ -59,12 +51,15 @@ def run_all(ctx: common.Context, mnist, only=None, **overrides) -> str:
 
 
 def write_report(ctx: common.Context) -> str:
+    """Renders every section from the JSON present in ``ctx.out`` (rewriting its Markdown file) and
+    assembles REPORT.md."""
     sections = []
-    for name, (module, filename) in PIPELINES.items():
+    for name, (module, filename, md) in PIPELINES.items():
         path = ctx.out / filename
         if path.exists():
             try:
                 sections.append(module.render(json.loads(path.read_text())))
+                storage.write_text(ctx.out / md, sections[-1])
             except (KeyError, TypeError, ValueError) as e:  # written by an older version of the pipeline
                 sections.append(f"## {name}\n\n`{path}` does not match this version ({e!r}); rerun "
                                 f"`python -m experiments.reproduce --only {name}`.\n")
@@ -78,20 +73,24 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 1 training epoch, 16 images per attack")
     p.add_argument("--num-images", type=int, default=None, help="images attacked per model (default 1000)")
     p.add_argument("--only", nargs="+", choices=list(PIPELINES), help="run only these pipelines")
+    p.add_argument("--render", action="store_true", help="compute nothing: re-render the Markdown from the JSON")
     p.add_argument("--alexnet-weights", default=None,
                    help="AlexNet weights (.npz, keys conv1/kernel ... fc3/bias) for the spectral table; "
                         "default: random initialisation")
     args = p.parse_args(argv)
     if args.quick and args.results == "results":
         args.results = "results_quick"
-    print(f"Full run: about {FULL_RUN_MINUTES} minutes on a 2-core CPU from scratch; cached steps are "
-          "skipped." if not args.quick else "Quick smoke run (not the paper's numbers).")
-    mnist = common.setup(args)
     ctx = context(args)
-    t0 = time.time()
+    if args.render:
+        write_report(ctx)
+        return print(f"re-rendered {ctx.out}/*.md from the JSON")
+    print("Quick smoke run (not the paper's numbers)." if args.quick else
+          f"Full run: {provenance.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of computation recorded in {args.results}/ by "
+          "the run that made it (fewer where steps are cached under --workdir).")
+    mnist, t0 = common.setup(args), time.time()
     run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
-    common.log_compile_cache()
+    compile_cache.log_stats()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, models, provenance, storage, sweep
+from intriguing_jax import attacks, compile_cache, models, provenance, storage, sweep
 
 
 def main(argv=None):
@@ -75,7 +75,7 @@ def main(argv=None):
     for k, v in summary.items():
         print(f"{k}: success {v['success_rate']:.1%}, mean distortion {v['mean_distortion']:.4f}")
     print(f"{total / wall:.1f} attacks/s -> {out}")
-    common.log_compile_cache()
+    compile_cache.log_stats()
     return summary
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import attacks, figures, paper, report, verdicts
+from intriguing_jax import attacks, figures, paper, report, storage, verdicts
 
 MODELS = paper.TABLE1_MODELS
 
@@ -42,7 +42,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
     result = {"rows": rows, "paper": {k: paper.TABLE1[k] for k in rows}, "num_images": len(x),
               "filter_figures": filter_figures,
               "provenance": common.record(ctx, t0, pipeline="table1")}
-    return common.publish(ctx, "table1.json", "table1_models.md", result, render)
+    return storage.publish(ctx.out, "table1.json", "table1_models.md", result, render)
 
 
 def render(result: dict) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pathlib
 
 from experiments import common
-from intriguing_jax import models, provenance, train, zoo
+from intriguing_jax import compile_cache, models, provenance, train, zoo
 
 
 def main(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
     provenance.write_json(out, meta)
     print(f"{model.name} on {args.split}: train error {meta['train_error']:.2%}, "
           f"test error {meta['test_error']:.2%} -> {out}")
-    common.log_compile_cache()
+    compile_cache.log_stats()
     return meta
 
 

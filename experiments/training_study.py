@@ -4,10 +4,8 @@
     python -m experiments.training_study --study fc        # optimiser / decay for FC100-100-10
     python -m experiments.training_study --study ae        # AE400-10's sparse autoencoder recipe
 
-Each run trains a registry model with one ``TrainConfig`` through ``zoo.trained`` (checkpoints cached
-under --workdir, so an interrupted study resumes and the reproduce pipelines reuse the chosen recipe's
-models) and records train and test error and wall time. Writes results/training_study.json and .md
-(every study run so far, with the paper's numbers beside them).
+Each run trains a registry model with one ``TrainConfig`` through ``zoo.trained`` (cached under --workdir:
+a study resumes, the pipelines reuse its models); results/training_study.json and .md hold every run.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import time
 
 from experiments import common
 from experiments.training_recipes import LAMBDA_SCAN, STUDIES, T
-from intriguing_jax import models, paper, report, train, zoo
+from intriguing_jax import compile_cache, models, paper, report, storage, train, zoo
 
 
 def lambda_scan(ctx, mnist, convention: str) -> dict:
@@ -29,10 +27,8 @@ def lambda_scan(ctx, mnist, convention: str) -> dict:
             spec = dataclasses.replace(models.spec(name), name=f"FC10({lam:g})", weight_decay={"dense_0": lam})
             model = models.build(spec)
             params, _ = train.fit(model, mnist.train, ctx.key(), T(decay=convention))
-            out[f"{name} with λ = {lam:g} / {convention}"] = {
-                "model": name, "lambda": lam, "train_error": train.error_rate(model.apply, params, mnist.train),
-                "test_error": train.error_rate(model.apply, params, mnist.test)}
-            print(f"λ = {lam:g} ({convention}): train {out[next(reversed(out))]['train_error']:.2%}")
+            out[f"{name} with λ = {lam:g} / {convention}"] = {"model": name, "lambda": lam, **{
+                f"{s}_error": train.error_rate(model.apply, params, mnist.split(s)) for s in ("train", "test")}}
     return out
 
 
@@ -45,7 +41,7 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
         t0 = time.time()
         result["lambda_scan"] = lambda_scan(ctx, mnist, scan)
         result["provenance"] = common.record(ctx, t0, pipeline="training_study")
-        common.publish(ctx, "training_study.json", "training_study.md", result, render)
+        storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     for study in studies:
         for label, (name, split, cfg, seed) in STUDIES[study].items():
             t0 = time.time()
@@ -59,27 +55,20 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
             print(f"{label}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
                   f"({meta['provenance']['wall_time_s']:.0f} s)")
             result["provenance"] = common.record(ctx, t0, pipeline="training_study")
-            common.publish(ctx, "training_study.json", "training_study.md", result, render)
+            storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     return result
 
 
 def render(result: dict) -> str:
-    def ref(r):  # the paper's (train, test) error: Table 3 for the P1 models (train = error on P1), else Table 1
-        t = paper.TABLE3.get(r["model"]) if r["split"] == "p1" else paper.TABLE1.get(r["model"])
-        return (None, None) if t is None else ((t[0], t[2]) if r["split"] == "p1" else t[:2])
-
+    def ref(r):
+        return paper.train_test_errors(r["model"], r["split"])
     body = [[label, report.pct(r["train_error"]), report.pct(ref(r)[0]), report.pct(r["test_error"]),
              report.pct(ref(r)[1]), f"{r['train_wall_s']:.0f} s"] for label, r in result["runs"].items()]
-    groups = {}  # the same model, split and configuration trained with several seeds (one run per seed)
-    for label, r in result["runs"].items():
-        runs = groups.setdefault((r["model"], r["split"], r["config_key"]), {})
-        if r.get("seed", 0) not in runs or ", seed " in label:  # a seeded study's label names it best
-            runs[r.get("seed", 0)] = (label.rsplit(", seed", 1)[0], r)
-    groups = {k: sorted(v.values(), key=lambda lr: lr[1].get("seed", 0)) for k, v in groups.items()}
+    groups = zoo.seed_groups(result["runs"])
     seeded = [[runs[-1][0], ", ".join(str(r.get("seed", 0)) for _, r in runs),
                report.pct(sum(r["test_error"] for _, r in runs) / len(runs)),
                f"{report.pct(min(r['test_error'] for _, r in runs))}–{report.pct(max(r['test_error'] for _, r in runs))}",
-               report.pct(ref(runs[0][1])[1])] for runs in groups.values() if len(runs) > 1]
+               report.pct(ref(runs[0][1])[1])] for runs in groups]
     scan = [[label, f"{r['lambda']:g}", report.pct(r["train_error"]), report.pct(paper.TABLE1[r["model"]][0]),
              report.pct(r["test_error"])] for label, r in result.get("lambda_scan", {}).items()]
     return ("## Training study: the choices the paper leaves open\n\n"
@@ -104,7 +93,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     mnist = common.setup(args)
     run(common.Context(args.workdir, args.results, args.seed), mnist, args.study, args.lambda_scan)
-    common.log_compile_cache()
+    compile_cache.log_stats()
 
 
 if __name__ == "__main__":

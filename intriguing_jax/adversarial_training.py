@@ -21,10 +21,11 @@ The defaults are the study's choice (``experiments/adversarial_training.py``; th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,7 +108,12 @@ class _Above:
 def layer_inputs(model: Model, params, images, layer: int) -> jax.Array:
     """The points in layer ``layer``'s space for ``images`` (layer 0: the images themselves)."""
     images = jnp.asarray(images)
-    return images if layer == 0 else model.activations(params, images)[layer - 1]
+    return images if layer == 0 else _hidden(Partial(model.activations, params), images, layer=layer - 1)
+
+
+@functools.partial(jax.jit, static_argnames="layer")
+def _hidden(activations, images, *, layer: int):
+    return activations(images)[layer]
 
 
 def _check_model(model: Model, layers) -> None:
@@ -231,33 +237,40 @@ class PoolHook(train.Hook):
         return out
 
 
-def pool_loss(model: Model, adv: AdvTrainConfig, decay: str = train.TrainConfig.decay) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class PoolLoss:
     """``(params, (x, y), pools, key) -> loss``: (1 − mix)·CE(clean) + mix·mean_k CE(pool k) + weight decay,
-    with ``pool_batch`` examples drawn from each pool k's filled slots run through the layers above k."""
-    def pool_term(p, pl: Pool, k, key):
+    with ``pool_batch`` examples drawn from each pool k's filled slots run through the layers above k
+    (hashable: the jitted training step's static loss, so a second run compiles nothing)."""
+
+    model: Model
+    adv: AdvTrainConfig
+    decay: str = train.TrainConfig.decay
+
+    def _pool_term(self, p, pl: Pool, k, key):
         # pool_batch draws among the filled slots; an empty pool adds nothing
         n_valid = jnp.sum(pl.valid)
         probs = jnp.where(n_valid > 0, pl.valid / jnp.maximum(n_valid, 1), 1.0 / len(pl.valid))
-        j = jax.random.choice(key, len(pl.valid), (adv.pool_batch,), p=probs)
+        j = jax.random.choice(key, len(pl.valid), (self.adv.pool_batch,), p=probs)
         w = pl.valid[j].astype(jnp.float32)
-        logp = jax.nn.log_softmax(model.from_layer(p, pl.points[j], k))
+        logp = jax.nn.log_softmax(self.model.from_layer(p, pl.points[j], k))
         ce = -jnp.take_along_axis(logp, pl.labels[j][:, None], axis=1)[:, 0]
         return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
 
-    def loss_fn(p, batch, pools, key):
+    def __call__(self, p, batch, pools, key):
         x, y = batch
-        loss = train.cross_entropy(model.apply(p, x), y)
+        adv = self.adv
+        loss = train.cross_entropy(self.model.apply(p, x), y)
         if adv.layers:
-            pool = jnp.mean(jnp.stack([pool_term(p, pl, k, jax.random.fold_in(key, i))
+            pool = jnp.mean(jnp.stack([self._pool_term(p, pl, k, jax.random.fold_in(key, i))
                                        for i, (k, pl) in enumerate(zip(adv.layers, pools))]))
             loss = (1 - adv.mix) * loss + adv.mix * pool
-        return loss + train.weight_decay(p, model.spec.weight_decay, decay)
-    return loss_fn
+        return loss + train.weight_decay(p, self.model.spec.weight_decay, self.decay)
 
 
 def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = train.TrainConfig(),
         adv: AdvTrainConfig = AdvTrainConfig(), *, checkpoint_path=None,
-        on_epoch: Callable[[int, dict], dict | None] | None = None):
+        on_epoch: Callable[[int, Any, float], dict | None] | None = None):
     """Trains ``model`` on ``split`` with adversarial pools (``train.run_epochs`` with a ``PoolHook``).
 
     Args:
@@ -266,8 +279,8 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
       adv: the pools (``AdvTrainConfig``); ``layers=()`` is plain training with weight decay.
       checkpoint_path: if given, the full state (weights, optimiser, pools, history) is saved atomically
         after every epoch and a restarted call resumes from the last finished epoch.
-      on_epoch: ``(epoch, params) -> dict`` of extra numbers for the epoch's history record (e.g. test
-        error).
+      on_epoch: ``(epoch, params, mean loss) -> dict`` of extra numbers for the epoch's history record
+        (e.g. test error).
 
     Returns:
       ``(params, history)``: one dict per epoch: ``epoch``, ``loss``, per pool layer k its refreshes'
@@ -277,7 +290,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     """
     _check_model(model, adv.layers)
     last = time.perf_counter()  # end of the previous epoch: each epoch's record gets its seconds
-    resolved = cfg.for_model(model.spec)
+    resolved = cfg.for_model(model.spec, split.share)  # as train.fit and the zoo resolve it
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -311,7 +324,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
         nonlocal last
         record = {"epoch": epoch + 1, "loss": loss, **hook.epoch_record(st.extra)}
         if on_epoch is not None:
-            record.update(on_epoch(epoch, st.params) or {})
+            record.update(on_epoch(epoch, st.params, loss) or {})
         now = time.perf_counter()
         record["seconds"], last = now - last, now  # kept in the checkpoint: survives a resume
         history.append(record)
@@ -319,7 +332,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
             checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "pools": st.extra},
                             {"epoch": epoch + 1, "history": history})
 
-    state, _ = train.run_epochs(pool_loss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key,
+    state, _ = train.run_epochs(PoolLoss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_key,
                                 epochs, cfg.batch_size, hook=hook, start_epoch=start,
                                 on_epoch=end_of_epoch)
     return state.params, history

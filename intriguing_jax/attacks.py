@@ -10,7 +10,7 @@ Why the *largest* successful c: the paper (Sec. 4.1) asks for the "minimum c > 0
 reaches ``l``, but a larger ``c`` weighs the distortion more and yields a smaller ``r``; the smallest
 distortion therefore comes from the *largest* ``c`` that still reaches the target. We bracket that ``c``
 by factors of ``c_factor``, narrow the bracket by secant steps in log c, and keep, per example, the
-smallest verified-successful perturbation seen (``attack_engine`` holds the search).
+smallest verified-successful perturbation seen (``_attack_engine`` holds the search).
 
 This module is the attack's interface: its config and result types, input validation, the targeted and
 untargeted attacks, chunked attacks over large sets, and the summaries the experiments report.
@@ -26,11 +26,12 @@ from typing import Callable, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 
-from intriguing_jax import attack_engine, storage
+from intriguing_jax import _attack_engine as _engine
+from intriguing_jax import storage
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+SOLVERS = ("batched", "jaxopt")  # AttackConfig.solver's choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ class AttackConfig:
         the cross-entropy minimiser. On: the smallest perturbations this library finds.
       block_size: how many examples are solved at once (one batched evaluation of the model serves them
         all); the others wait and take the place of a finished example at once. ``None``: the backend's
-        default (``default_block_size``: 32 on CPU, where each row's L-BFGS memory stays in cache;
+        default (32 on CPU, where each row's L-BFGS memory stays in cache;
         8192 on accelerators). Memory is bounded by it, not by the number of examples.
     """
 
@@ -162,6 +163,11 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+@jax.jit
+def _call(logits_fn, x):
+    return logits_fn(x)
+
+
 def _validate(logits_fn, images, targets, box) -> tuple[int, jax.ShapeDtypeStruct]:
     """Checks shapes, dtypes and values; returns K. Runs no compilation (``eval_shape`` only traces)."""
     if not callable(logits_fn):
@@ -178,8 +184,8 @@ def _validate(logits_fn, images, targets, box) -> tuple[int, jax.ShapeDtypeStruc
     if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
         raise ValueError(f"targets must be integer labels, got dtype {jnp.result_type(targets)}")
     spec = jax.ShapeDtypeStruct(jnp.shape(images), jnp.float32)
-    try:
-        out = jax.eval_shape(logits_fn, spec)
+    try:  # jit's trace cache: a repeated call with the same model and shapes traces nothing
+        out = _call.eval_shape(_engine.as_partial(logits_fn), spec)
     except Exception as e:
         raise ValueError(f"logits_fn failed on a batch of shape {spec.shape}: {e}") from e
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != n:
@@ -198,22 +204,6 @@ def _validate(logits_fn, images, targets, box) -> tuple[int, jax.ShapeDtypeStruc
         if t.min() < 0 or t.max() >= k:
             raise ValueError(f"targets must lie in [0, {k}) for {k} classes; found [{t.min()}, {t.max()}]")
     return k
-
-
-def as_partial(logits_fn) -> Partial:
-    """``logits_fn`` as a ``jax.tree_util.Partial`` (unchanged if it is one)."""
-    # A tree_util.Partial is a pytree: its bound arrays (e.g. params) stay traced arguments of the
-    # jitted core, so a new set of weights does not recompile. Plain callables become static.
-    return logits_fn if isinstance(logits_fn, Partial) else Partial(logits_fn)
-
-
-SOLVERS = ("batched", "jaxopt")
-
-
-def default_block_size(backend: str | None = None) -> int:
-    """Examples solved at once when ``AttackConfig.block_size`` is None: 32 on CPU (the rows' L-BFGS
-    memory stays in cache, ``benchmarks/RESULTS.md``), 8192 on accelerators."""
-    return 32 if (backend or jax.default_backend()) == "cpu" else 8192
 
 
 def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
@@ -245,9 +235,9 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     flat = images.reshape(images.shape[0], -1)
     targets = jnp.asarray(targets, jnp.int32)
     if cfg.solver == "jaxopt":
-        return attack_engine.attack_lockstep(as_partial(logits_fn), flat, targets, shape, cfg)
-    slots = min(cfg.block_size or default_block_size(), flat.shape[0])
-    return attack_engine.attack_streaming(as_partial(logits_fn), flat, targets, shape, cfg, slots)
+        return AttackResult(*_engine.attack_lockstep(_engine.as_partial(logits_fn), flat, targets, shape, cfg))
+    slots = min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
+    return AttackResult(*_engine.attack_streaming(_engine.as_partial(logits_fn), flat, targets, shape, cfg, slots))
 
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,

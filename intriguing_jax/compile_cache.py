@@ -13,6 +13,7 @@ References: https://docs.jax.dev/en/latest/persistent_compilation_cache.html
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pathlib
 
@@ -64,3 +65,10 @@ def _on_event(event: str, **kwargs) -> None:
 def stats() -> dict:
     """Programs served from the cache (``hits``) and compiled (``misses``) since ``enable``."""
     return {"hits": _counts["hits"], "misses": _counts["misses"]}
+
+
+def log_stats(logger: logging.Logger | None = None) -> None:
+    """Logs how many programs this process loaded from the cache and how many it compiled."""
+    s = stats()
+    (logger or logging.getLogger(__name__)).info("compilation cache: %d program(s) loaded, %d compiled",
+                                                 s["hits"], s["misses"])

@@ -61,12 +61,14 @@ class Split:
 
     images: np.ndarray
     labels: np.ndarray
+    share: float = 1.0  # the fraction of the full training set it stands for (P1, P2: 0.5): a training run's
+    # default epochs count passes over the full set, so a run on it takes 1/share times as many
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, n: int) -> "Split":
-        return Split(self.images[:n], self.labels[:n])
+        return Split(self.images[:n], self.labels[:n], self.share)
 
 
 # the share of the 60,000 training images each training split holds (P1, P2: the paper's halves)
@@ -94,7 +96,8 @@ def halves(train: Split, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
     perm = np.random.default_rng(seed).permutation(len(train))
     half = len(train) // 2
     a, b = np.sort(perm[:half]), np.sort(perm[half:])
-    return (Split(train.images[a], train.labels[a]), Split(train.images[b], train.labels[b]))
+    share = train.share * half / len(train)
+    return Split(train.images[a], train.labels[a], share), Split(train.images[b], train.labels[b], share)
 
 
 def cache_dir() -> pathlib.Path:

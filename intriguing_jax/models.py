@@ -14,6 +14,7 @@ References: Szegedy et al. 2014, Sec. 2 and 4.2 (models), Table 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -179,7 +180,7 @@ class ModelSpec:
     learning_rate: float = 1e-2  # our default peak Adam rate (results/training_study.md)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static argument of jitted steps
 class Model:
     """Pure functions of a registry model. ``apply(params, x) -> logits``."""
 
@@ -233,8 +234,22 @@ def canonical_name(name: str) -> str:
 
 
 def build(name_or_spec: str | ModelSpec) -> Model:
-    """Registry lookup -> ``Model`` of pure functions. ``init(key)`` gives the parameter pytree."""
-    s = spec(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    """Registry lookup -> ``Model`` of pure functions. ``init(key)`` gives the parameter pytree.
+
+    A registry name always gives the same ``Model`` object, so its functions keep their identity and
+    whatever is jitted over them (``jax.jit`` caches by function) compiles once per process.
+    """
+    if isinstance(name_or_spec, str):
+        return _build_registered(spec(name_or_spec).name)
+    return _build(name_or_spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_registered(name: str) -> Model:
+    return _build(REGISTRY[name])
+
+
+def _build(s: ModelSpec) -> Model:
     m = s.module
     return Model(
         spec=s,

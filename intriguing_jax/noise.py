@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from intriguing_jax import transfer
 from intriguing_jax.attacks import distortion
@@ -68,3 +69,10 @@ def noise_with_rms(key: jax.Array, images, rms, box=(0.0, 1.0)) -> jax.Array:
     """
     x = jnp.asarray(images)
     return transfer.rescale_to_rms(x, x + jax.random.normal(key, x.shape, x.dtype), rms, box)
+
+
+def gaussian_rows(key: jax.Array, images, stddev: float) -> dict:
+    """Table rows of one Gaussian-noise draw: unclipped (the paper's reading: realised RMS = stddev) and
+    the same draw clipped to [0, 1] (row name + ``transfer.CLIPPED``)."""
+    return {f"Gaussian noise, stddev {stddev}{tag}": np.asarray(gaussian_noise(key, images, stddev, clip=clip))
+            for tag, clip in (("", False), (transfer.CLIPPED, True))}

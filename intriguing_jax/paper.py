@@ -58,3 +58,10 @@ def table2_cell(row: str, column: str) -> tuple[float, str] | None:
     if row not in TABLE2 or column not in TABLE1_MODELS:
         return None
     return TABLE2[row][0][TABLE1_MODELS.index(column)]
+
+
+def train_test_errors(model: str, split: str = "train") -> tuple[float | None, float | None]:
+    """The paper's (train, test) error of ``model`` trained on ``split``: Table 3 for a P1 model (train =
+    its error on P1), else Table 1; ``(None, None)`` where the paper has no such row."""
+    t = TABLE3.get(model) if split == "p1" else TABLE1.get(model)
+    return (None, None) if t is None else ((t[0], t[2]) if split == "p1" else t[:2])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+import pathlib
 import os
 import platform
 import sys
@@ -35,3 +37,19 @@ def record(seed: int | None, wall_time_s: float, **extra) -> dict:
     return {"command": " ".join(["python", argv0] + sys.argv[1:]), "seed": seed,
             "wall_time_s": round(wall_time_s, 2), "versions": versions(), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def recorded_minutes(paths) -> float:
+    """The computation the result files ``paths`` record, in minutes: each pipeline's wall time, plus what its
+    cached steps took when they were computed (models' ``train_wall_s``, adversarial-training runs'
+    ``wall_s``; a study entry counts ``wall_s_mean`` once per seed). 0 if nothing is recorded."""
+    def walk(x) -> float:
+        if isinstance(x, list):
+            return sum(walk(v) for v in x)
+        if not isinstance(x, dict):
+            return 0.0
+        own = sum(float(x[k]) for k in ("train_wall_s", "wall_s", "wall_time_s") if isinstance(x.get(k), (int, float)))
+        if "wall_s_mean" in x and "test_errors" in x and x["wall_s_mean"] is not None:
+            own += x["wall_s_mean"] * len(x["test_errors"])
+        return own + sum(walk(v) for v in x.values())
+    return sum(walk(json.loads(pathlib.Path(p).read_text())) for p in paths if pathlib.Path(p).exists()) / 60

@@ -16,6 +16,8 @@ The exact norm of any linear layer comes from power iteration on the map and its
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import jax
@@ -72,15 +74,20 @@ def conv_apply(kernel, x, stride: int = 1, padding: str = "CIRCULAR"):
 
 def operator_norm(linear_fn: Callable, input_shape, key: jax.Array, iters: int = 500) -> float:
     """‖A‖₂ of a linear map by power iteration on AᵀA (the transpose from ``jax.linear_transpose``)."""
-    x0 = jax.random.normal(key, input_shape, jnp.float32)
-    transpose = jax.linear_transpose(linear_fn, x0)
+    x0 = jax.random.normal(key, tuple(input_shape), jnp.float32)
+    v = _power_iteration(x0 / jnp.linalg.norm(x0), linear_fn=linear_fn, iters=iters)
+    return float(jnp.linalg.norm(linear_fn(v)))
+
+
+@functools.partial(jax.jit, static_argnames=("linear_fn", "iters"))
+def _power_iteration(v0, *, linear_fn, iters: int):
+    """The top right singular vector of ``linear_fn`` (compiled once per linear map and shape)."""
+    transpose = jax.linear_transpose(linear_fn, v0)
 
     def body(_, v):
         w = transpose(linear_fn(v))[0]
         return w / jnp.linalg.norm(w)
-
-    v = jax.jit(lambda v: jax.lax.fori_loop(0, iters, body, v))(x0 / jnp.linalg.norm(x0))
-    return float(jnp.linalg.norm(linear_fn(v)))
+    return jax.lax.fori_loop(0, iters, body, v0)
 
 
 def contrast_norm_bound(eps: float, gamma: float) -> float:

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from intriguing_jax import _attack_engine as _engine
 from intriguing_jax import attacks, storage
 
 
@@ -101,7 +102,7 @@ def sharded_attack(logits_fn, images, targets, config: attacks.AttackConfig, dev
     device_batch = device_batch or -(-n // len(devices))
     mesh = Mesh(np.array(devices), ("batch",))
     spec = PartitionSpec("batch")
-    run = functools.partial(_shard_mapped(config, mesh), attacks.as_partial(logits_fn))
+    run = functools.partial(_shard_mapped(config, mesh), _engine.as_partial(logits_fn))
     per_round = device_batch * len(devices)
     sharding = NamedSharding(mesh, spec)
     parts = []

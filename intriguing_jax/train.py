@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.tree_util import Partial
 
 from intriguing_jax.data import Split
 from intriguing_jax.models import Model
@@ -122,10 +123,18 @@ def learning_rate_schedule(schedule: str, steps: int, peak: float) -> optax.Sche
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def optimizer(cfg: TrainConfig, steps: int, learning_rate: float) -> optax.GradientTransformation:
-    """``cfg.optimizer`` with peak rate ``learning_rate`` on ``cfg.schedule`` over ``steps`` steps."""
+@functools.lru_cache(maxsize=64)
+def optimizer(cfg: TrainConfig, steps: int, learning_rate: float,
+              frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """``cfg.optimizer`` with peak rate ``learning_rate`` on ``cfg.schedule`` over ``steps`` steps; the
+    top-level layers named in ``frozen`` get no updates. The same arguments give the same object, so a
+    jitted step over it compiles once per process."""
     lr = learning_rate_schedule(cfg.schedule, steps, learning_rate)
-    return optax.adam(lr) if cfg.optimizer == "adam" else optax.sgd(lr, momentum=0.9, nesterov=True)
+    tx = optax.adam(lr) if cfg.optimizer == "adam" else optax.sgd(lr, momentum=0.9, nesterov=True)
+    if not frozen:
+        return tx
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                 functools.partial(_freeze_labels, frozen))
 
 
 def initial_params(model: Model, key: jax.Array, cfg: TrainConfig):
@@ -147,12 +156,9 @@ def cross_entropy(logits, labels) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def _frozen_optimizer(tx: optax.GradientTransformation, params, frozen: tuple[str, ...]):
-    if not frozen:
-        return tx
-    labels = {"params": {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "train", v)
-                         for k, v in params["params"].items()}}
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def _freeze_labels(frozen: tuple[str, ...], params):
+    return {"params": {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "train", v)
+                       for k, v in params["params"].items()}}
 
 
 class TrainState(NamedTuple):
@@ -201,6 +207,9 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
     Returns:
       ``(final state, mean loss of each epoch run)``.
 
+    ``loss_fn`` and ``tx`` are static arguments of the jitted step (hashed): pass the same objects (e.g.
+    ``optimizer``'s memoised ones, a frozen dataclass as the loss) and a second run compiles nothing.
+
     Not one ``lax.scan`` per epoch: XLA:CPU runs convolutions inside a loop body ~13x slower than the
     same step jitted on its own (measured here: ConvNet 1.9 s vs 0.15 s per step of 128).
     """
@@ -210,33 +219,39 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the number of training examples {n}")
     data = tuple(jnp.asarray(d) for d in data)
-
-    # the data is an argument, not a closed-over constant: a constant of the training set's size makes
-    # every compilation (one per call) seconds slower
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, extra, data, idx, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tuple(d[idx] for d in data), extra, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    order = jax.jit(lambda k: jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size))
     params = jax.tree.map(jnp.array, state.params)  # our own copy: the step donates its buffers
     opt_state = tx.init(params) if state.opt_state is None else jax.tree.map(jnp.array, state.opt_state)
     extra = state.extra
     history = []
     for e in range(start_epoch, epochs):
         shuffle_key, step_key = hook.epoch_keys(key, e)
-        perm = order(shuffle_key)
+        perm = _epoch_order(shuffle_key, n, steps, batch_size)
         losses = []
         for i in range(steps):
             skey = jax.random.fold_in(step_key, i)
             extra = hook.before_step(e * steps + i, skey, params, extra)
-            params, opt_state, loss = step(params, opt_state, extra, data, perm[i], skey)
+            params, opt_state, loss = _train_step(params, opt_state, extra, data, perm[i], skey,
+                                                  loss_fn=loss_fn, tx=tx)
             losses.append(loss)
         history.append(float(jnp.mean(jnp.stack(losses))))
         if on_epoch is not None:
             on_epoch(e, TrainState(params, opt_state, extra), history[-1])
     return TrainState(params, opt_state, extra), history
+
+
+# the data is an argument, not a closed-over constant: a constant of the training set's size makes every
+# compilation seconds slower
+@functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames=("loss_fn", "tx"))
+def _train_step(params, opt_state, extra, data, idx, key, *, loss_fn, tx):
+    loss, grads = jax.value_and_grad(loss_fn)(params, tuple(d[idx] for d in data), extra, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _epoch_order(key, n: int, steps: int, batch_size: int):
+    """An epoch's minibatch indices ``[steps, batch_size]`` (a shuffle; the last partial batch dropped)."""
+    return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
 
 def pretrain_autoencoder(model: Model, train: Split, key, cfg: TrainConfig, on_epoch=None):
@@ -249,47 +264,89 @@ def pretrain_autoencoder(model: Model, train: Split, key, cfg: TrainConfig, on_e
     ae = model.spec.autoencoder
     init_key, loop_key = jax.random.split(key)
     params = ae.init(init_key, jnp.zeros((1, train.images.shape[1]), jnp.float32))
-    rho = cfg.ae_sparsity
-
-    def objective(p, x):
-        code, recon = ae.apply(p, x)
-        rho_hat = jnp.clip(code.mean(0), 1e-6, 1 - 1e-6)
-        kl = jnp.sum(rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat)))
-        mse = 0.5 * jnp.sum((recon - x) ** 2, axis=1).mean()
-        return mse + cfg.ae_sparsity_weight * kl + weight_decay(
-            p, {"dense_0": cfg.ae_weight_decay, "decoder": cfg.ae_weight_decay}, cfg.decay)
-
+    objective = _SparseAutoencoderLoss(ae, cfg.ae_sparsity, cfg.ae_sparsity_weight, cfg.ae_weight_decay, cfg.decay)
     if cfg.ae_solver == "lbfgs":
         params, hist = _lbfgs(objective, params, jnp.asarray(train.images[: cfg.ae_images]), cfg.ae_iterations)
         return params["params"]["dense_0"], hist
     steps = cfg.ae_epochs * (len(train) // cfg.batch_size)
-    tx = optax.adam(optax.cosine_decay_schedule(cfg.learning_rate or 1e-3, steps))
-    state, hist = run_epochs(lambda p, batch, extra, k: objective(p, batch[0]), TrainState(params, None), tx,
-                             (train.images,), loop_key, cfg.ae_epochs, cfg.batch_size, on_epoch=_progress(on_epoch))
+    tx = _autoencoder_adam(cfg.learning_rate or 1e-3, steps)
+    state, hist = run_epochs(_OnImages(objective), TrainState(params, None), tx, (train.images,), loop_key,
+                             cfg.ae_epochs, cfg.batch_size, on_epoch=_progress(on_epoch))
     return state.params["params"]["dense_0"], hist
+
+
+@dataclasses.dataclass(frozen=True)
+class _SparseAutoencoderLoss:
+    """``(params, x) -> scalar``: squared reconstruction error + β·Σ KL(ρ ‖ ρ̂_j) + weight decay (hashable:
+    a static argument of the jitted solvers)."""
+
+    ae: Any
+    rho: float
+    beta: float
+    lam: float
+    decay: str
+
+    def __call__(self, p, x):
+        code, recon = self.ae.apply(p, x)
+        rho, rho_hat = self.rho, jnp.clip(code.mean(0), 1e-6, 1 - 1e-6)
+        kl = jnp.sum(rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat)))
+        mse = 0.5 * jnp.sum((recon - x) ** 2, axis=1).mean()
+        return mse + self.beta * kl + weight_decay(p, {"dense_0": self.lam, "decoder": self.lam}, self.decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnImages:
+    """A ``run_epochs`` loss from an ``(params, images) -> scalar`` objective."""
+
+    objective: Callable
+
+    def __call__(self, p, batch, extra, key):
+        return self.objective(p, batch[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _autoencoder_adam(peak: float, steps: int) -> optax.GradientTransformation:
+    return optax.adam(optax.cosine_decay_schedule(peak, steps))
+
+
+_LBFGS = optax.lbfgs()
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "length"))
+def _lbfgs_chunk(params, opt_state, x, *, objective, length: int):
+    value_and_grad = optax.value_and_grad_from_state(lambda p: objective(p, x))
+
+    def step(carry, _):
+        params, opt_state = carry
+        value, grad = value_and_grad(params, state=opt_state)
+        updates, opt_state = _LBFGS.update(grad, opt_state, params, value=value, grad=grad,
+                                           value_fn=lambda p: objective(p, x))
+        return (optax.apply_updates(params, updates), opt_state), value
+    return jax.lax.scan(step, (params, opt_state), None, length=length)
 
 
 def _lbfgs(objective, params, x, iterations: int, chunk: int = 50):
     """Full-batch ``optax.lbfgs`` (zoom line search) on ``objective(params, x)`` for exactly ``iterations``
     steps, scanned ``chunk`` at a time (the last chunk shorter); the loss after each chunk."""
-    tx = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(lambda p: objective(p, x))
-
-    @functools.partial(jax.jit, static_argnums=2)
-    def run(params, opt_state, length):
-        def step(carry, _):
-            params, opt_state = carry
-            value, grad = value_and_grad(params, state=opt_state)
-            updates, opt_state = tx.update(grad, opt_state, params, value=value, grad=grad,
-                                           value_fn=lambda p: objective(p, x))
-            return (optax.apply_updates(params, updates), opt_state), value
-        return jax.lax.scan(step, (params, opt_state), None, length=length)
-
-    opt_state, hist = tx.init(params), []
+    opt_state, hist = _LBFGS.init(params), []
     for start in range(0, iterations, chunk):
-        (params, opt_state), values = run(params, opt_state, min(chunk, iterations - start))
+        (params, opt_state), values = _lbfgs_chunk(params, opt_state, x, objective=objective,
+                                                   length=min(chunk, iterations - start))
         hist.append(float(values[-1]))
     return params, hist
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierLoss:
+    """``(params, (x, y), extra, key) -> scalar``: mean cross-entropy of ``model`` plus its spec's
+    per-layer weight decay under convention ``decay`` (hashable: the jitted step's static loss)."""
+
+    model: Model
+    decay: str
+
+    def __call__(self, p, batch, extra, key):
+        x, y = batch
+        return cross_entropy(self.model.apply(p, x), y) + weight_decay(p, self.model.spec.weight_decay, self.decay)
 
 
 def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConfig(),
@@ -300,7 +357,9 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
 
     Args:
       model: a ``models.Model``; train: the training ``Split``; key: PRNG key (init, shuffling).
-      cfg: ``TrainConfig`` (epochs None: the spec's default).
+      cfg: ``TrainConfig``; epochs and learning rate None: the spec's defaults, the epochs scaled to
+        ``train.share`` (``TrainConfig.for_model``: a run on P1 takes twice the passes, the same steps) —
+        the one resolution the zoo's caches and the adversarial ``fit`` use too.
       on_epoch: called with ``(epoch, mean loss)`` after each epoch.
 
     Returns:
@@ -309,7 +368,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     References:
       Szegedy et al. 2014, Sec. 2 (models and weight decay λ·Σw²/k).
     """
-    resolved = cfg.for_model(model.spec)
+    resolved = cfg.for_model(model.spec, train.share)
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     init_key, ae_key, loop_key = jax.random.split(key, 3)
     params = initial_params(model, init_key, cfg)
@@ -317,14 +376,9 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
         encoder, _ = pretrain_autoencoder(model, train, ae_key, cfg)
         params = {"params": {**params["params"], "dense_0": encoder}}
 
-    def loss_fn(p, batch, extra, key):
-        x, y = batch
-        return cross_entropy(model.apply(p, x), y) + weight_decay(p, model.spec.weight_decay, cfg.decay)
-
     steps = epochs * (len(train) // cfg.batch_size)
-    tx = _frozen_optimizer(optimizer(cfg, steps, learning_rate), params,
-                           model.spec.frozen)
-    state, history = run_epochs(loss_fn, TrainState(params, None), tx, (train.images, train.labels), loop_key,
+    tx = optimizer(cfg, steps, learning_rate, model.spec.frozen)
+    state, history = run_epochs(ClassifierLoss(model, cfg.decay), TrainState(params, None), tx, (train.images, train.labels), loop_key,
                                 epochs, cfg.batch_size, on_epoch=_progress(on_epoch))
     return state.params, history
 
@@ -334,12 +388,24 @@ def _progress(on_epoch: Callable[[int, float], None] | None):
     return None if on_epoch is None else (lambda epoch, state, loss: on_epoch(epoch, loss))
 
 
+@jax.jit
+def _predicted_labels(logits_fn, x):
+    return jnp.argmax(logits_fn(x), -1)
+
+
 def predict(apply: Callable, params, images, batch_size: int = 5000) -> np.ndarray:
-    """Predicted labels for ``images`` ``[N, 784]``, in fixed-size jitted chunks."""
-    fn = jax.jit(lambda p, x: jnp.argmax(apply(p, x), -1))
-    out = [np.asarray(fn(params, jnp.asarray(images[i:i + batch_size])))
+    """Predicted labels for ``images`` ``[N, ...]``, in jitted chunks (one compilation per apply function
+    and chunk shape: the weights are an argument)."""
+    logits_fn = Partial(apply, params)
+    out = [np.asarray(_predicted_labels(logits_fn, jnp.asarray(images[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def predictor(apply: Callable, params) -> Callable[[np.ndarray], np.ndarray]:
+    """images -> predicted labels (numpy) of ``apply`` with ``params`` (``predict``), e.g. for
+    ``transfer.error_matrix``."""
+    return functools.partial(predict, apply, params)
 
 
 def error_rate(apply: Callable, params, split: Split) -> float:

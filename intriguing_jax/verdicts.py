@@ -211,10 +211,22 @@ def attack_tightness(sandwich: dict, qp_ratio: float = 1.026) -> Verdict | None:
                    f"{qp_ratio}× (mean) of the exact box-constrained minimum on softmax regression, "
                    "`benchmarks/RESULTS.md`): median "
                    + ", ".join(f"{n} {sandwich[n]['ratio_median']:.3f}" for n in lin)
-                   + ". For the nets the product bound is loose: median ratio "
-                   + ", ".join(f"{n} {sandwich[n]['ratio_median']:.0f}×" for n in deep)
-                   + "; the gap is the bound's, not evidence of a weak attack.",
+                   + ". For the nets: median ratio "
+                   + ", ".join(f"{n} {sandwich[n]['ratio_median']:.0f}×" for n in deep) + ". "
+                   + _tightness_reading([sandwich[n]["ratio_median"] for n in lin],
+                                        [sandwich[n]["ratio_median"] for n in deep]),
                    {n: sandwich[n]["ratio_median"] for n in sandwich})
+
+
+def _tightness_reading(linear: list[float], deep: list[float]) -> str:
+    """Rule: where the exact minimum is known (linear models) the attack is tight if every median ratio is
+    ≤ 1.5; the nets' gap is then put on the bound if every net's median exceeds 2× the largest linear one."""
+    if max(linear) > 1.5:
+        return "The attack is not tight on the linear models (median ratio > 1.5), so the nets' gap cannot be put on the bound."
+    if min(deep) > 2 * max(linear):
+        return ("The attack is tight where the exact minimum is known (median ≤ 1.5×) and the nets' ratios are "
+                "over twice as large, so most of their gap is the product bound's looseness.")
+    return "The nets' ratios are within 2× of the linear models': the bound is about as tight on both."
 
 
 # ---- adversarial training ------------------------------------------------------------------------
@@ -267,11 +279,127 @@ def higher_layers_more_useful(s: dict) -> Verdict | None:
 
 
 def distortion_rises(s: dict) -> Verdict | None:
-    """Observation: each variant's mean minimum distortion relative to weight decay alone."""
-    if "weight decay only" not in s:
+    """Each pool variant's mean minimum distortion against weight decay alone.
+
+    Rule: the claim holds if every pool variant's mean distortion exceeds weight decay alone's by more
+    than the larger of the two seed spreads; the detail gives each variant's ratio and its own reading.
+    """
+    base = "weight decay only"
+    if base not in s or len(s) < 2:
         return None
-    w = s["weight decay only"]["distortion_mean"]
-    rises = {v: x["distortion_mean"] / w for v, x in s.items() if v != "weight decay only"}
-    return Verdict("Adversarial training raises the distortion the attack needs", None,
-                   ", ".join(f"{v} {r:.2f}×" for v, r in rises.items()) + f" the weight-decay-only model's {w:.4f}.",
-                   {v: float(np.round(r, 6)) for v, r in rises.items()})
+    w = s[base]
+
+    def reading(x):
+        margin = max(x.get("distortion_spread", 0.0), w.get("distortion_spread", 0.0))
+        diff = x["distortion_mean"] - w["distortion_mean"]
+        return "higher" if diff > margin else "lower" if diff < -margin else "within the spread"
+
+    rows = {v: (x["distortion_mean"] / w["distortion_mean"], reading(x)) for v, x in s.items() if v != base}
+    holds = all(r == "higher" for _, r in rows.values())
+    return Verdict("Adversarial training raises the distortion the attack needs", holds,
+                   "Rule: every pool variant's mean distortion above weight decay alone's by more than the seeds' "
+                   "spread. " + ", ".join(f"{v} {q:.2f}× ({r})" for v, (q, r) in rows.items())
+                   + f" the weight-decay-only model's {w['distortion_mean']:.4f}.",
+                   {v: float(np.round(q, 6)) for v, (q, _) in rows.items()})
+
+
+# ---- the adversarial-training study's readings (observations, each by a rule that can go either way) ----
+
+
+def seed_order(a: dict, b: dict) -> int:
+    """−1 if every seed of ``a`` has a lower test error than every seed of ``b``, +1 if every one a higher,
+    0 if their ranges overlap (each dict with ``test_error_min`` and ``test_error_max``)."""
+    if a["test_error_max"] < b["test_error_min"]:
+        return -1
+    if a["test_error_min"] > b["test_error_max"]:
+        return 1
+    return 0
+
+
+def _spearman(x, y) -> float:
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
+    if rx.std() == 0 or ry.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _trend(rho: float, threshold: float = 0.8) -> str:
+    return "rises" if rho >= threshold else "falls" if rho <= -threshold else "shows no consistent trend"
+
+
+def weight_trend(st: dict, series: dict[float, str], what: str) -> Verdict | None:
+    """How the test and train error move with a pool's weight (``series``: mix -> configuration name).
+
+    Rule: Spearman rank correlation ρ of mix with the mean error over the configurations present (at
+    least three): ρ ≥ 0.8 rises, ρ ≤ −0.8 falls, else no consistent trend.
+    """
+    present = sorted((m, n) for m, n in series.items() if n in st)
+    if len(present) < 3:
+        return None
+    mixes = [m for m, _ in present]
+    test = [st[n]["test_error_mean"] for _, n in present]
+    tr = [st[n]["train_error_mean"] for _, n in present]
+    rho_test, rho_train = _spearman(mixes, test), _spearman(mixes, tr)
+    return Verdict(f"The test error {_trend(rho_test)} with the weight of {what}", None,
+                   "Rule: rank correlation of mix and error, |ρ| ≥ 0.8 for a trend. Mix "
+                   + " / ".join(f"{m:g}" for m in mixes) + " → test error " + " / ".join(pct(v) for v in test)
+                   + f" (ρ = {rho_test:+.2f}); train error " + " / ".join(pct(v) for v in tr)
+                   + f" ({_trend(rho_train)}, ρ = {rho_train:+.2f}).",
+                   {"mix": mixes, "test_error": test, "train_error": tr, "rho_test": rho_test, "rho_train": rho_train})
+
+
+def paired_change(st: dict, change: str, with_it: str, without: str) -> Verdict | None:
+    """What one change to a configuration does to its test error (``with_it`` against ``without``).
+
+    Rule: ``seed_order`` — lower or higher only when the seeds' ranges do not overlap.
+    """
+    if with_it not in st or without not in st:
+        return None
+    a, b = st[with_it], st[without]
+    effect = {-1: "lower test error", 1: "higher test error",
+              0: "no difference in test error beyond the seeds' spread"}[seed_order(a, b)]
+    return Verdict(f"{change}: {effect}", None,
+                   f"{pct(a['test_error_mean'])} ({pct(a['test_error_min'])}–{pct(a['test_error_max'])}) with it, "
+                   f"{pct(b['test_error_mean'])} ({pct(b['test_error_min'])}–{pct(b['test_error_max'])}) without "
+                   f"({with_it} vs {without}).",
+                   {"with": a["test_error_mean"], "without": b["test_error_mean"], "order": seed_order(a, b)})
+
+
+def distance_relation(st: dict, names: list[str], what: str) -> Verdict | None:
+    """Whether configurations whose pool examples lie farther out have higher test error.
+
+    Rule: Spearman ρ over the configurations present with a pool distortion (at least four) of their
+    last-epoch pool distortion and their mean test error; |ρ| ≥ 0.8 for a relation.
+    """
+    rows = [(st[n]["pool_distortion"], st[n]["test_error_mean"], n) for n in names
+            if n in st and st[n].get("pool_distortion") is not None]
+    if len(rows) < 4:
+        return None
+    rho = _spearman([r[0] for r in rows], [r[1] for r in rows])
+    reading = ("go with a higher test error" if rho >= 0.8 else "go with a lower test error" if rho <= -0.8
+               else "show no consistent relation to the test error")
+    return Verdict(f"Farther pool examples ({what}) {reading}", None,
+                   f"Rule: rank correlation of the last epoch's pool distortion and the test error over {len(rows)} "
+                   f"configurations, |ρ| ≥ 0.8 for a relation: ρ = {rho:+.2f} ("
+                   + "; ".join(f"{n}: {d:.3f}, {pct(e)}" for d, e, n in sorted(rows)) + ").",
+                   {"rho": rho, "configurations": len(rows)})
+
+
+def near_baseline(st: dict, baseline: str = "weight decay only") -> Verdict | None:
+    """Which pool configurations are not worse than the baseline (by ``seed_order``)."""
+    if baseline not in st or len(st) < 2:
+        return None
+    b = st[baseline]
+    below = [n for n in st if n != baseline and seed_order(st[n], b) < 0]
+    level = [n for n in st if n != baseline and seed_order(st[n], b) == 0]
+    if below:
+        claim = f"{len(below)} pool configuration(s) beat {baseline} on every seed"
+    elif level:
+        claim = f"{len(level)} pool configuration(s) overlap {baseline}'s seed range, none beats it"
+    else:
+        claim = f"Every pool configuration is worse than {baseline} on every seed"
+    names = below or level
+    return Verdict(claim, None,
+                   f"{baseline}: {pct(b['test_error_mean'])} ({pct(b['test_error_min'])}–{pct(b['test_error_max'])})"
+                   + ("" if not names else "; " + ", ".join(f"{n} {pct(st[n]['test_error_mean'])}" for n in names)) + ".",
+                   {"below": below, "overlapping": level})

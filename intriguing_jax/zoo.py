@@ -1,5 +1,6 @@
-"""Trained models on disk: train once, then load the checksummed checkpoint (keyed by model, split, seed
-and training config)."""
+"""Trained models on disk, and attacks on them: train once, then load the checksummed checkpoint (keyed by
+model, split, seed and training config); attack once, then load the attack's chunks (keyed by the
+checkpoint, the image set and the attack config)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pathlib
 import time
 
 import jax
+from jax.tree_util import Partial
 
-from intriguing_jax import checkpoint, models, provenance, storage, train
+from intriguing_jax import attacks, checkpoint, models, provenance, storage, train
 from intriguing_jax.data import MNIST, TRAINING_SHARE
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,31 @@ def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,
             "provenance": provenance.record(seed, time.time() - t0, data_source=mnist.source)}
     checkpoint.save(path, params, meta)
     return model, params, meta
+
+
+def attack(name: str, params, images, targets, *, tag: str, split: str = "train", seed: int = 0,
+           cfg: train.TrainConfig = train.TrainConfig(), attack_cfg: attacks.AttackConfig = attacks.AttackConfig(),
+           workdir="workdir", chunk_size: int = 256, progress=None) -> attacks.AttackResult:
+    """The L-BFGS attack on registry model ``name`` (weights ``params``, as ``trained`` made them) over
+    ``images`` in resumable chunks, cached per (model checkpoint, ``tag``, number of images, attack
+    config): ``tag`` names the image set, e.g. ``"train"`` or ``"test"``. A rerun loads the chunks.
+
+    Returns:
+      ``AttackResult`` of numpy arrays, in the order of ``images``.
+    """
+    stem = checkpoint_path(workdir, name, split, seed, cfg).stem
+    cache = pathlib.Path(workdir) / "attacks" / f"{stem}_{tag}{len(images)}_{storage.cache_key(attack_cfg)}"
+    return attacks.attack_in_chunks(Partial(models.build(name).apply, params), images, targets, config=attack_cfg,
+                                    chunk_size=chunk_size, cache_dir=cache, progress=progress)
+
+
+def seed_groups(runs: dict) -> list[list[tuple[str, dict]]]:
+    """Runs of one model, split and configuration (``model``, ``split``, ``config_key`` of each
+    ``label -> run`` record) trained with several seeds: one list per such group of ``(label without its
+    ", seed N" suffix, run)``, one run per seed (a label that names its seed wins), sorted by seed."""
+    groups: dict = {}
+    for label, r in runs.items():
+        by_seed = groups.setdefault((r["model"], r["split"], r["config_key"]), {})
+        if r.get("seed", 0) not in by_seed or ", seed " in label:
+            by_seed[r.get("seed", 0)] = (label.rsplit(", seed", 1)[0], r)
+    return [sorted(v.values(), key=lambda lr: lr[1].get("seed", 0)) for v in groups.values() if len(v) > 1]

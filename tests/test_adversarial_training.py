@@ -77,7 +77,10 @@ def test_mixing_changes_training_and_interrupted_runs_resume_identically(tiny_mn
     assert not np.allclose(np.asarray(plain["params"]["dense_0"]["kernel"]),
                            np.asarray(mixed["params"]["dense_0"]["kernel"]))
 
-    def stop_after_first(epoch, params):
+    losses = []
+
+    def stop_after_first(epoch, params, loss):
+        losses.append(loss)
         if epoch == 1:
             raise KeyboardInterrupt
     ckpt = tmp_path / "adv.ckpt"
@@ -85,6 +88,7 @@ def test_mixing_changes_training_and_interrupted_runs_resume_identically(tiny_mn
         at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt, on_epoch=stop_after_first)
     resumed, hist = at.fit(TINY, tiny_mnist.train, key, CFG, _adv((0, 1)), checkpoint_path=ckpt)
     assert [h["epoch"] for h in hist] == [1, 2]
+    assert losses[0] == hist[0]["loss"] and losses[0] > 0  # on_epoch gets the epoch's real training loss
     assert all(h["seconds"] > 0 for h in hist)  # the epoch before the interruption keeps its time
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(mixed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

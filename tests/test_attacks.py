@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from intriguing_jax import attack_engine, attacks, data, exact, lbfgsb, models, noise, train
+from intriguing_jax import _attack_engine as _engine
+from intriguing_jax import attacks, data, exact, lbfgsb, models, noise, train
 from tests.conftest import synthetic_mnist
 
 CFG = attacks.AttackConfig(c_steps=14, maxiter=200)
@@ -137,14 +138,14 @@ def test_batched_solver_no_worse_than_jaxopt(linear, mnist):
     const = jnp.full((len(t),), 0.05)
     flat, tt = jnp.asarray(x), jnp.asarray(t)
     cfg = attacks.AttackConfig(maxiter=200)
-    objective = lambda r: attack_engine._objective(fn, flat, tt, const, r, cfg)
+    objective = lambda r: _engine._objective(fn, flat, tt, const, r, cfg)
 
     def vg(r, aux):
         (_, f), g = jax.value_and_grad(lambda r: (jnp.sum(objective(r)), objective(r)), has_aux=True)(r)
         return f, g
 
     r_ours = lbfgsb.minimize(vg, jnp.zeros_like(flat), -flat, 1 - flat, maxiter=200, ftol=cfg.ftol).x
-    r_ref, _ = attack_engine._solve_box_lbfgs(fn, flat, tt, const, jnp.zeros_like(flat),
+    r_ref, _ = _engine._solve_box_lbfgs(fn, flat, tt, const, jnp.zeros_like(flat),
                                         attacks.AttackConfig(maxiter=200, solver="jaxopt"))
     r_ref = jnp.clip(flat + r_ref, 0, 1) - flat  # jaxopt may leave the box (PITFALLS)
     assert np.all(np.asarray(objective(r_ours)) <= np.asarray(objective(r_ref)) + 1e-4)
@@ -281,9 +282,9 @@ def test_compiles_once_for_new_weights(mlp, mnist):
     x, _, t = correctly_classified(model, params, mnist.test, 4)
     cfg = dataclasses.replace(attacks.AttackConfig.smoke(), c_steps=2, maxiter=5)
     attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=cfg)
-    compiled = attack_engine.attack_streaming._cache_size()
+    compiled = _engine.attack_streaming._cache_size()
     for scale in (0.9, 1.1, 0.8):
         p = jax.tree.map(lambda a, s=scale: a * s, params)
         res = attacks.lbfgs_attack(Partial(model.apply, p), x, t, config=cfg)
         assert res.l2.shape == (4,)
-    assert attack_engine.attack_streaming._cache_size() == compiled
+    assert _engine.attack_streaming._cache_size() == compiled

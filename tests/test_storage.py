@@ -32,7 +32,8 @@ def test_arrays_roundtrip_and_corruption_reads_as_missing(tmp_path):
     rec = Pair(np.arange(3.0), np.array([1, 2, 3]))
     storage.save_arrays(tmp_path / "p.npz", rec)
     got = storage.load_arrays(tmp_path / "p.npz", Pair, 3)
-    np.testing.assert_array_equal(got.a, rec.a) and np.testing.assert_array_equal(got.b, rec.b)
+    np.testing.assert_array_equal(got.a, rec.a)
+    np.testing.assert_array_equal(got.b, rec.b)
     assert storage.load_arrays(tmp_path / "p.npz", Pair, 4) is None  # wrong size
     assert storage.load_arrays(tmp_path / "missing.npz", Pair, 3) is None
     (tmp_path / "p.npz").write_bytes(b"junk")

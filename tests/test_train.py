@@ -97,6 +97,27 @@ def test_a_half_of_the_training_set_takes_the_same_steps():
         train.TrainConfig().for_model(spec, 0.0)
 
 
+def test_every_entry_point_resolves_a_half_split_the_same_way(monkeypatch, tiny_mnist, key):
+    """fit, the adversarial fit and the zoo give a P1-sized split twice the spec's epochs (one resolution)."""
+    from intriguing_jax import adversarial_training as at
+    p1 = tiny_mnist.split("p1")
+    assert p1.share == 0.5 and tiny_mnist.train.share == 1.0 and p1.take(10).share == 0.5
+    spec = models.spec("FC10(1e-4)")
+    seen = []
+
+    def record(loss_fn, state, tx, data, key, epochs, *args, **kwargs):
+        seen.append(epochs)
+        return train.TrainState(state.params, None, state.extra), []
+    monkeypatch.setattr(train, "run_epochs", record)
+    train.fit(models.build("FC10(1e-4)"), p1, key, train.TrainConfig(batch_size=64))
+    at.fit(models.build("FC10(1e-4)"), p1, key, train.TrainConfig(batch_size=64), at.AdvTrainConfig(layers=()))
+    expected = zoo.resolved_config("FC10(1e-4)", train.TrainConfig(), "p1").epochs
+    assert seen == [expected, expected] == [2 * spec.epochs] * 2
+    seen.clear()
+    train.fit(models.build("FC10(1e-4)"), p1, key, zoo.resolved_config("FC10(1e-4)", train.TrainConfig(batch_size=64), "p1"))
+    assert seen == [expected]  # the zoo hands fit an already resolved config: not scaled twice
+
+
 def test_hook_extra_data_enters_the_loss_and_is_refreshed(key):
     """The one training loop: a hook's extra data reaches the loss; before_step replaces it."""
     seen = []

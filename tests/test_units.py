@@ -62,3 +62,24 @@ def test_coherence_scores_known_sets():
     np.testing.assert_allclose(c.entropy, [0, np.log2(3)])
     np.testing.assert_allclose(c.similarity[0], 1.0)
     np.testing.assert_allclose(c.similarity[1], (np.sqrt(0.5) - np.sqrt(0.5) + 0) / 3, atol=1e-12)
+
+
+def _hand_written_compare(a, b, rng, permutations, bootstrap, level=0.95):
+    """The test and interval as the library computed them before scipy.stats (the reference)."""
+    diff, pooled = a.mean() - b.mean(), np.concatenate([a, b])
+    shuffled = pooled[np.argsort(rng.random((permutations, len(pooled))), axis=1)]
+    null = shuffled[:, :len(a)].mean(1) - shuffled[:, len(a):].mean(1)
+    p = (1 + np.sum(np.abs(null) >= abs(diff) - 1e-12)) / (permutations + 1)
+    boot = (a[rng.integers(0, len(a), (bootstrap, len(a)))].mean(1) - b[rng.integers(0, len(b), (bootstrap, len(b)))].mean(1))
+    return p, np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+
+
+def test_compare_matches_the_hand_written_tests_within_monte_carlo_error():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.3, 1, 60), rng.normal(0, 1, 80)  # a p-value near 0.1: both tails matter
+    c = units.compare(a, b, seed=1, permutations=20000, bootstrap=20000)
+    p, (lo, hi) = _hand_written_compare(a, b, np.random.default_rng(1), 20000, 20000)
+    assert abs(c.p_value - p) < 0.01  # Monte-Carlo error of a p ~ 0.1 over 20,000 draws: ~0.002
+    assert abs(c.ci_low - lo) < 0.02 and abs(c.ci_high - hi) < 0.02
+    assert c == units.compare(a, b, seed=1, permutations=20000, bootstrap=20000)  # seeded
+    assert c.ci_low < c.difference < c.ci_high

@@ -72,3 +72,53 @@ def test_adversarial_training_rules():
     for name in ("input + hidden-layer pools", "hidden-layer pools", "input pool"):
         s[name]["test_error_max"] = 0.0156  # overlaps the baseline's best seed (0.0155)
     assert not verdicts.pools_beat_weight_decay(s, 3).holds
+
+
+def _row(mean, spread=0.001, layers=(0,), train=0.01, pool_distortion=None):
+    return {"test_error_mean": mean, "test_error_min": mean - spread / 2, "test_error_max": mean + spread / 2,
+            "train_error_mean": train, "layers": list(layers), "pool_distortion": pool_distortion}
+
+
+def test_study_readings_go_either_way():
+    up = {"m1": _row(0.02, train=0.001), "m2": _row(0.025, train=0.005), "m3": _row(0.03, train=0.01)}
+    series = {0.1: "m1", 0.2: "m2", 0.5: "m3"}
+    assert verdicts.weight_trend(up, series, "the pool").claim.startswith("The test error rises")
+    down = {"m1": _row(0.03), "m2": _row(0.025), "m3": _row(0.02)}
+    assert verdicts.weight_trend(down, series, "the pool").claim.startswith("The test error falls")
+    flat = {"m1": _row(0.02), "m2": _row(0.03), "m3": _row(0.021)}
+    assert "no consistent trend" in verdicts.weight_trend(flat, series, "the pool").claim
+    assert verdicts.weight_trend({"m1": _row(0.02)}, series, "the pool") is None  # too few to tell
+
+    st = {"with": _row(0.02), "without": _row(0.03), "close": _row(0.0302, spread=0.002)}
+    assert verdicts.paired_change(st, "X", "with", "without").claim == "X: lower test error"
+    assert verdicts.paired_change(st, "X", "without", "with").claim == "X: higher test error"
+    assert "no difference" in verdicts.paired_change(st, "X", "close", "without").claim
+    assert verdicts.paired_change(st, "X", "with", "absent") is None
+
+    names = ["a", "b", "c", "d"]
+    far = {n: _row(0.02 + 0.01 * i, pool_distortion=0.05 + 0.01 * i) for i, n in enumerate(names)}
+    assert "go with a higher test error" in verdicts.distance_relation(far, names, "x").claim
+    near = {n: _row(0.05 - 0.01 * i, pool_distortion=0.05 + 0.01 * i) for i, n in enumerate(names)}
+    assert "go with a lower test error" in verdicts.distance_relation(near, names, "x").claim
+    mixed = {n: _row(e, pool_distortion=0.05 + 0.01 * i) for i, (n, e) in enumerate(zip(names, (0.03, 0.02, 0.04, 0.01)))}
+    assert "no consistent relation" in verdicts.distance_relation(mixed, names, "x").claim
+
+    base = {"weight decay only": _row(0.02, layers=())}
+    assert "beat" in verdicts.near_baseline({**base, "p": _row(0.01)}).claim
+    assert "overlap" in verdicts.near_baseline({**base, "p": _row(0.0205)}).claim
+    assert verdicts.near_baseline({**base, "p": _row(0.03)}).claim.startswith("Every pool configuration is worse")
+
+
+def test_distortion_rule_and_tightness_reading_go_either_way():
+    s = {"weight decay only": {"distortion_mean": 0.05, "distortion_spread": 0.002},
+         "a": {"distortion_mean": 0.06, "distortion_spread": 0.002}}
+    assert verdicts.distortion_rises(s).holds
+    s["b"] = {"distortion_mean": 0.045, "distortion_spread": 0.002}
+    v = verdicts.distortion_rises(s)
+    assert not v.holds and "(lower)" in v.detail
+    sandwich = {n: {"ratio_median": r} for n, r in (("FC10(1e-4)", 1.2), ("FC100-100-10", 8.0))}
+    assert "looseness" in verdicts.attack_tightness(sandwich).detail
+    sandwich["FC100-100-10"]["ratio_median"] = 1.8
+    assert "about as tight" in verdicts.attack_tightness(sandwich).detail
+    sandwich["FC10(1e-4)"]["ratio_median"] = 2.0
+    assert "not tight" in verdicts.attack_tightness(sandwich).detail

@@ -11,7 +11,7 @@ References: Szegedy et al. 2014, Sec. 4.1; Byrd, Lu, Nocedal & Zhu 1995 (L-BFGS-
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,41 @@ from jax.tree_util import Partial
 
 from intriguing_jax import lbfgsb, refine
 
-if TYPE_CHECKING:
-    from intriguing_jax.attacks import AttackConfig, AttackResult
+# ``cfg`` below is an ``attacks.AttackConfig`` (hashable, static under jit). The attack's results leave
+# this module as ``Outcome``; ``attacks`` wraps them in its public ``AttackResult`` (no import back).
+
+
+class Outcome(NamedTuple):
+    """What the attack returns, field for field ``attacks.AttackResult`` (documented there)."""
+
+    adversarial: jax.Array
+    success: jax.Array
+    l2: jax.Array
+    linf: jax.Array
+    distortion: jax.Array
+    c: jax.Array
+    target: jax.Array
+    prediction: jax.Array
+    grad_evals: jax.Array
+
+
+def as_partial(logits_fn) -> Partial:
+    """``logits_fn`` as a ``jax.tree_util.Partial`` (unchanged if it is one)."""
+    # A tree_util.Partial is a pytree: its bound arrays (e.g. params) stay traced arguments of the
+    # jitted core, so a new set of weights does not recompile. Plain callables become static.
+    return logits_fn if isinstance(logits_fn, Partial) else Partial(logits_fn)
+
+
+def default_block_size(backend: str | None = None) -> int:
+    """Examples solved at once when ``AttackConfig.block_size`` is None: 32 on CPU (the rows' L-BFGS
+    memory stays in cache, ``benchmarks/RESULTS.md``), 8192 on accelerators."""
+    return 32 if (backend or jax.default_backend()) == "cpu" else 8192
 
 
 # ---- objective and solvers -------------------------------------------------------------------
 
 
-def _loss(logits, targets, cfg: "AttackConfig"):
+def _loss(logits, targets, cfg):
     """Per-example classification term ``[N]`` toward ``targets``."""
     if cfg.loss == "ce":
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
@@ -40,14 +67,14 @@ def _margin(logits, targets):
     return z_t - jnp.max(others, axis=1)
 
 
-def _objective(logits_fn, x, targets, const, r, cfg: "AttackConfig"):
+def _objective(logits_fn, x, targets, const, r, cfg):
     """Per-example objective ``[N]`` for flat ``x, r`` ``[N, D]`` (images reshaped by the caller)."""
     sq = jnp.sum(r ** 2, axis=1)
     pen = sq if cfg.penalty == "l2_squared" else jnp.sqrt(sq + 1e-12)
     return const * pen + _loss(logits_fn(x + r), targets, cfg)
 
 
-def _penalty(r, const, cfg: "AttackConfig"):
+def _penalty(r, const, cfg):
     """``const · pen(r)`` and its gradient, per row."""
     sq = jnp.sum(r ** 2, axis=1)
     if cfg.penalty == "l2_squared":
@@ -56,7 +83,7 @@ def _penalty(r, const, cfg: "AttackConfig"):
     return const * norm, (const / norm)[:, None] * r
 
 
-def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg: "AttackConfig"):
+def _solve_box_lbfgs(flat_logits, x, targets, const, r0, cfg):
     """Reference solver: ``jaxopt.LBFGSB`` run per example under ``jax.vmap``.
 
     jaxopt is unmaintained (0.8.5 is its last release); it stays behind this one function. Keyword
@@ -105,7 +132,7 @@ def _new_search(c, x) -> _Search:
                    best_c=jnp.full((n,), jnp.inf, x.dtype), found=jnp.zeros((n,), bool))
 
 
-def _update_search(s: _Search, done, z, sq, margin, cfg: "AttackConfig") -> tuple[_Search, jax.Array, jax.Array]:
+def _update_search(s: _Search, done, z, sq, margin, cfg) -> tuple[_Search, jax.Array, jax.Array]:
     """Records the solves that ended (``done``) at examples ``z`` (squared distance ``sq``, target lead
     ``margin``) and picks each one's next c. Returns the new state, which examples improved their best,
     and which are finished (``c_steps`` solves, or a bracket tight enough: ``c_fail ≤ c_ok·(1 + c_rtol)``).
@@ -139,7 +166,7 @@ def _update_search(s: _Search, done, z, sq, margin, cfg: "AttackConfig") -> tupl
     return new, better, finished
 
 
-def _first_c(loss, grad, cfg: "AttackConfig"):
+def _first_c(loss, grad, cfg):
     """Each example's first c. With ``c_init=None``, from the loss and its gradient at the clean image:
     linearising the classifier, the boundary is ≈ loss/‖g‖ away and the minimiser of c‖r‖² + loss sits
     there when c ≈ ‖g‖²/(4·loss) (the gradient halves on the way for cross-entropy); ``c_init_scale``
@@ -189,7 +216,7 @@ def _load(images, targets, index, n):
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
-def attack_streaming(logits_fn: Partial, images, targets, shape, cfg: "AttackConfig", slots: int) -> "AttackResult":
+def attack_streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
     """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
     example's slot takes the next waiting example at once, so every batched evaluation serves an
     example still being solved (until the queue runs dry). One while loop: one compilation of one
@@ -267,12 +294,11 @@ def attack_streaming(logits_fn: Partial, images, targets, shape, cfg: "AttackCon
     return finish(flat_logits, images, targets, z, c, evals, shape, cfg, slots)
 
 
-def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackResult":
+def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "Outcome":
     """The result: each successful example refined (``cfg.refine``, ``intriguing_jax.refine``), its
     perturbation shortened back to the decision boundary (bisection of its length, ``shrink_steps``
     forward passes), and every example re-verified on the exact returned image. Runs in blocks of
     ``block`` rows (memory bounded by the block)."""
-    from intriguing_jax.attacks import AttackResult  # attacks imports this module
     n, d = x.shape
     lo, hi = cfg.box
     size = -(-n // block) * block
@@ -309,7 +335,7 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackRe
     x_adv, pred, extra = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
     x_adv, pred, evals = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n], evals + extra.reshape(-1)[:n]
     r = x_adv - x
-    return AttackResult(
+    return Outcome(
         adversarial=x_adv.reshape((n,) + shape), success=pred == targets,
         l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
         distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)), c=c, target=targets, prediction=pred,
@@ -317,7 +343,7 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "AttackRe
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "cfg"))
-def attack_lockstep(logits_fn: Partial, x, targets, shape, cfg: "AttackConfig") -> "AttackResult":
+def attack_lockstep(logits_fn: Partial, x, targets, shape, cfg) -> "Outcome":
     """The reference: every c step solves the whole batch with ``jaxopt.LBFGSB`` under ``vmap``."""
     n = x.shape[0]
     lo, hi = cfg.box

@@ -1,0 +1,146 @@
+"""Adversarial-training runs on disk and the study over them.
+
+A run is one ``adversarial_training.fit`` of a registry model with one pool configuration and seed, its
+test and train error after every epoch, the attack's mean minimum distortion every few epochs and on
+more test images at the end. It checkpoints every epoch (weights, optimiser, pools), resumes after a
+kill, and once finished is cached as JSON keyed by its label, seed, the resolved training config and
+the pool config. ``best_per_layer_set`` picks, for each set of pool layers, the study configuration
+with the lowest mean test error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Callable
+
+import jax
+from jax.tree_util import Partial
+
+from intriguing_jax import adversarial_training as at
+from intriguing_jax import attacks, models, report, storage, train, zoo
+from intriguing_jax.data import MNIST
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run is measured: test images attacked (with their targets) every ``every`` epochs (the first
+    ``during`` of them) and at the end (the first ``final``), with ``attack`` in chunks of ``chunk_size``."""
+
+    images: object
+    targets: object
+    every: int = 10
+    during: int = 100
+    final: int = 300
+    attack: attacks.AttackConfig = attacks.AttackConfig()
+    chunk_size: int = 256
+
+
+def _summary(model, params, x, t, ev: Evaluation, cache_dir=None) -> dict:
+    return attacks.summarize(attacks.attack_in_chunks(Partial(model.apply, params), x, t, config=ev.attack,
+                                                      chunk_size=ev.chunk_size, cache_dir=cache_dir))
+
+
+def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed: int, cfg: train.TrainConfig,
+        ev: Evaluation, workdir, on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """One adversarial-training run, cached under ``<workdir>/adversarial_training``.
+
+    Args:
+      model_name: a registry model with pool spaces (the MLPs). mnist: the data (trains on its train split).
+      label: the run's name (in its cache key and result). adv: the pools. seed: the run's PRNG seed.
+      cfg: the training config (its epochs resolved as for any run of the model: ``zoo.resolved_config``).
+      ev: what is measured (``Evaluation``). workdir: checkpoints and cached results.
+      on_epoch: called with ``(epoch, mean training loss)`` after each epoch (progress).
+
+    Returns:
+      dict: ``variant``, ``layers``, ``seed``, ``epochs``, ``history`` (per epoch, ``fit``'s record plus
+      ``test_error``, ``train_error`` and every ``ev.every`` epochs ``distortion``), final ``test_error``,
+      ``train_error``, ``attack`` (summary on ``ev.final`` images), ``wall_s`` (every epoch, also those
+      before a resume, and the final attack), ``pool_s`` (pool generation) and ``adv_config``.
+    """
+    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg)
+    stem = f"{storage.safe_name(label)}_s{seed}_{zoo.config_key(model_name, cfg)}_{storage.cache_key(adv)}"
+    work = pathlib.Path(workdir) / "adversarial_training"
+    if (work / f"{stem}.json").exists():  # finished earlier: reuse
+        return json.loads((work / f"{stem}.json").read_text())
+
+    def measure(epoch, params, loss):
+        if on_epoch is not None:
+            on_epoch(epoch, loss)
+        rec = {"test_error": train.error_rate(model.apply, params, mnist.test),
+               "train_error": train.error_rate(model.apply, params, mnist.train)}
+        if (epoch + 1) % ev.every == 0 or epoch + 1 == cfg.epochs:
+            rec["distortion"] = _summary(model, params, ev.images[:ev.during], ev.targets[:ev.during], ev)["mean_distortion"]
+        return rec
+
+    params, history = at.fit(model, mnist.train, jax.random.key(seed), cfg, adv,
+                             checkpoint_path=work / f"{stem}.ckpt", on_epoch=measure)
+    t_attack = time.time()
+    final = _summary(model, params, ev.images[:ev.final], ev.targets[:ev.final], ev, work / f"{stem}_attack")
+    # every epoch, also those before a resume (an epoch checkpointed by an older version has no seconds)
+    wall = sum(h.get("seconds", 0.0) for h in history) + time.time() - t_attack
+    out = {"variant": label, "layers": list(adv.layers), "seed": seed, "epochs": cfg.epochs, "history": history,
+           "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
+           "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
+           "wall_s": wall, "pool_s": sum(h.get("pool_seconds", 0.0) for h in history),
+           "adv_config": dataclasses.asdict(adv)}
+    storage.write_json(work / f"{stem}.json", out)
+    return out
+
+
+def best_per_layer_set(summary: dict, layer_sets: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """For each named set of pool layers, the configuration of ``summary`` (``summarize_runs``'s, each
+    with ``layers``) with those layers and the lowest mean test error; sets with none are left out."""
+    out = {}
+    for name, layers in layer_sets.items():
+        same = [n for n, s in summary.items() if tuple(s["layers"]) == tuple(layers)]
+        if same:
+            out[name] = min(same, key=lambda n: summary[n]["test_error_mean"])
+    return out
+
+
+def summary_table(rows: list[tuple[str, dict]], first: str = "Configuration") -> str:
+    """Markdown table of ``summarize_runs`` rows: pool layers, test error (mean ± half the seeds' spread),
+    train error, the attack's distortion, the last epoch's pool attacks (success / kept / distortion) and
+    the wall time per run (the share spent generating pool examples)."""
+    def pools(x):
+        return ("–" if x["pool_success"] is None else
+                f"{report.pct(x['pool_success'], 1)} / {report.pct(x['pool_kept'], 1)} / {x['pool_distortion']:.3f}")
+
+    def row(name, x):
+        return [name, str(tuple(x["layers"])) if x["layers"] else "–",
+                f"{report.pct(x['test_error_mean'])} ± {report.pct(x['test_error_spread'] / 2)}",
+                report.pct(x["train_error_mean"]), f"{x['distortion_mean']:.4f}", pools(x),
+                f"{x['wall_s_mean']:.0f} s" + ("" if x["pool_share"] is None else f" ({report.pct(x['pool_share'], 0)})")]
+    return report.table([first, "Pool layers", "Test error", "Train error", "Av. min. distortion",
+                         "Pool attacks: success / kept / distortion", "Wall per run (pool generation)"],
+                        [row(n, x) for n, x in rows])
+
+
+def runs_table(runs: dict) -> str:
+    """Markdown table of every run (variant -> runs): seed, test and train error, distortion, wall time."""
+    return report.table(["Variant", "Seed", "Test error", "Train error", "Distortion", "Wall"],
+                        [[v, r["seed"], report.pct(r["test_error"]), report.pct(r["train_error"]),
+                          report.num(r["attack"]["mean_distortion"], 4), f"{r['wall_s']:.0f} s"]
+                         for v, rs in runs.items() for r in rs])
+
+
+def method(model: str, epochs: int, recipe: int, cfg: dict, final_images: int) -> str:
+    """The report's paragraph on how the runs were made: ``epochs`` of the final runs against the model's
+    ``recipe`` epochs, ``cfg`` the pools' shared settings (an ``AdvTrainConfig`` as a dict),
+    ``final_images`` attacked at the end."""
+    length = f"{epochs} epoch{'s' * (epochs != 1)}"
+    length += (", as Table 1's model" if recipe == epochs else f" where Table 1's {model} trains {recipe}")
+    return (f"{model}, the same optimiser for every run; the final runs train {length}. "
+            "Pools (the paper gives no sizes or schedule): "
+            f"{cfg['pool_size']:,} slots per layer; every {cfg['refresh_every']} steps {cfg['refresh_count']} "
+            "training images per pool are attacked against the current weights (L-BFGS, "
+            f"{cfg['attack']['c_steps']} values of c, {cfg['attack']['maxiter']} iterations) and written into "
+            f"empty, then random slots; {cfg['pool_batch']} pool examples per pool per step; loss "
+            "(1 − mix)·CE(clean) + mix·mean CE(pools). Layer 0 = input, 1 and 2 "
+            "= the hidden layers' outputs; each pool trains the layers above it. Pool attacks: the last epoch's "
+            "share of attacks that reached their target / written into the pool / their mean distortion (RMS in "
+            "the layer's space). Av. min. distortion: the full attack on the first "
+            f"{final_images} test images (seeded random wrong targets). ± is half the spread (max − min) over seeds.")
