@@ -6,8 +6,8 @@ On a CPU machine (with the project's venv), once:
 On the GPU machine (JAX with CUDA preinstalled, no downloads; carry .device):
     bash benchmarks/device_check.sh                         # at most ~8 minutes
 
-Prints the compile time, images/s at batch 256 / 4,096 / 32,768 on FC100-100-10, the wall time of the
-README's sweep of all 10,000 test images × 9 wrong targets, and success and mean ‖r‖₂ on the reference
+Prints the compile time, images/s at batch 256 / 4,096 / 32,768 on FC100-100-10 and at 256 / 4,096 on the
+held-out flax-style CNN (``benchmarks.attack_speed.flax_cnn``), the wall time of the README's sweep of all 10,000 test images × 9 wrong targets, and success and mean ‖r‖₂ on the reference
 images next to the CPU's (the same weights, images and targets).
 """
 
@@ -22,6 +22,7 @@ import sys
 import time
 
 MODEL = "FC100-100-10"
+CNN_CKPT = "bench_flax_cnn_s0.ckpt"  # benchmarks.attack_speed.flax_cnn's weights
 
 
 def _images(mnist, model, params, n):
@@ -48,6 +49,9 @@ def prepare(dest: pathlib.Path, workdir: str) -> None:
     shutil.copy(ckpt, dest / "workdir" / "checkpoints" / ckpt.name)
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest / "wheels"),
                     "jaxopt==0.8.5"], check=True)
+    from benchmarks.attack_speed import flax_cnn
+    flax_cnn(mnist, workdir)  # trains and caches the held-out CNN once
+    shutil.copy(pathlib.Path(workdir) / "checkpoints" / CNN_CKPT, dest / "workdir" / "checkpoints" / CNN_CKPT)
     x, t = _images(mnist, model, params, 256)
     res = attacks.lbfgs_attack(Partial(model.apply, params), x, t)
     ref = {"backend": "cpu", "images": len(t), "success_rate": float(res.success.mean()),
@@ -56,7 +60,7 @@ def prepare(dest: pathlib.Path, workdir: str) -> None:
     print(f"prepared {dest}: {ref}")
 
 
-def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 10000) -> int:
+def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 10000, cnn_batches=(256, 4096)) -> int:
     import jax
     import numpy as np
     from jax.tree_util import Partial
@@ -93,6 +97,21 @@ def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 100
         wall = time.perf_counter() - t0
         print(f"batch {b}: {b / wall:.0f} images/s, success {float(r.success.mean()):.1%}, "
               f"mean ‖r‖₂ {float(r.l2[r.success].mean()):.4f}", flush=True)
+    if (src / "workdir" / "checkpoints" / CNN_CKPT).exists():
+        from benchmarks.attack_speed import flax_cnn
+        cnn, cnn_params = flax_cnn(mnist, str(src / "workdir"))
+        cnn_fn = Partial(cnn.apply, cnn_params)
+        for b in cnn_batches:
+            xb, tb = mnist.test.images[img[:b]].reshape(-1, 28, 28, 1), tgt[:b]
+            t0 = time.perf_counter()
+            jax.block_until_ready(attacks.lbfgs_attack(cnn_fn, xb, tb))
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            r = jax.block_until_ready(attacks.lbfgs_attack(cnn_fn, xb, tb))
+            wall = time.perf_counter() - t0
+            print(f"flax-style CNN, batch {b}: first call {first:.1f} s, {b / wall:.0f} images/s, success "
+                  f"{float(r.success.mean()):.1%}, mean ‖r‖₂ {float(r.l2[r.success].mean()):.4f}, evaluations per "
+                  f"image {float(r.grad_evals.mean()):.0f}", flush=True)
     t0 = time.perf_counter()
     res = attacks.attack_in_chunks(fn, mnist.test.images[img], tgt, chunk_size=32768)
     wall = time.perf_counter() - t0
@@ -108,12 +127,13 @@ def main(argv=None):
     p.add_argument("--check", metavar="DIR", help="on the GPU machine: run the check with DIR's files")
     p.add_argument("--batches", type=int, nargs="+", default=[256, 4096, 32768])
     p.add_argument("--sweep-images", type=int, default=10000, help="test images × 9 targets timed at the end")
+    p.add_argument("--cnn-batches", type=int, nargs="*", default=[256, 4096], help="batches of the flax-style CNN")
     args = p.parse_args(argv)
     if args.prepare:
         prepare(pathlib.Path(args.prepare), args.workdir)
         return 0
     if args.check:
-        return check(pathlib.Path(args.check), args.batches, args.sweep_images)
+        return check(pathlib.Path(args.check), args.batches, args.sweep_images, args.cnn_batches)
     p.error("give --prepare DIR or --check DIR")
 
 

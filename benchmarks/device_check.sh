@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator check, for a machine with an NVIDIA GPU and JAX (CUDA) preinstalled, no downloads.
 # Carry .device (made by `python -m benchmarks.device_check --prepare .device` on a CPU machine).
-# A dry run on a CPU: bash benchmarks/device_check.sh --batches 64 --sweep-images 20
+# A dry run on a CPU: bash benchmarks/device_check.sh --batches 64 --sweep-images 20 --cnn-batches 16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=${DEVICE_DIR:-.device}

@@ -215,83 +215,143 @@ def _load(images, targets, index, n):
     return images[safe], targets[safe]
 
 
+def _flat(logits_fn, shape):
+    """The model on flat rows ``[B, D]`` (images reshaped to ``shape`` for it)."""
+    return lambda z: logits_fn(z.reshape((z.shape[0],) + shape))
+
+
+def _init_carry(images, targets, *, cfg, slots: int):
+    """The streaming loop's carry: the first ``slots`` examples loaded, empty outputs, the queue."""
+    n = images.shape[0]
+    lo, hi = cfg.box
+    index = jnp.arange(slots)
+    x, t = _load(images, targets, index, n)
+    zeros = jnp.zeros((slots,), x.dtype)
+    sl = _Slots(index=index, x=x, target=t, fresh=index < n, solving=jnp.zeros((slots,), bool),
+                solver=lbfgsb.init_rows(x, zeros, jnp.zeros_like(x), lo, hi, history=cfg.history, tol=jnp.inf),
+                search=_new_search(zeros, x), margin=zeros, base=(zeros, jnp.zeros_like(x), zeros),
+                best=(zeros, jnp.zeros_like(x), zeros), evals=jnp.zeros((slots,), jnp.int32))
+    out = (images, jnp.full((n,), jnp.inf, images.dtype), jnp.zeros((n,), jnp.int32))
+    return sl, out, jnp.asarray(slots, jnp.int32)
+
+
+def _pending(carry):
+    """Whether any slot still holds an example."""
+    return jnp.any(carry[0].index < carry[1][1].shape[0])
+
+
+def _tick(logits_fn, images, targets, carry, *, shape, cfg):
+    """One iteration of every slot: one batched value-and-grad of the model, then the solver, search and
+    queue bookkeeping (finished examples leave, waiting ones take their slots)."""
+    sl, out, queued = carry
+    n = images.shape[0]
+    lo, hi = cfg.box
+    opts = lbfgsb.Options(maxiter=cfg.maxiter, tol=cfg.tol, ftol=cfg.ftol)
+    solver, zt = lbfgsb.propose(sl.solver, lo, hi)
+    loss, grad, margin = _evaluate(_flat(logits_fn, shape), jnp.where(sl.fresh[:, None], sl.x, zt), sl.target, cfg)
+    evals = sl.evals + (sl.index < n)
+    # the solving rows' trial
+    pen, pen_grad = _penalty(zt - sl.x, sl.search.c, cfg)
+    solver, took = lbfgsb.accept(solver, zt, loss + pen, grad + pen_grad, lo, hi, opts)
+    cur_margin = jnp.where(took, margin, sl.margin)
+    done = sl.solving & ~solver.active
+    r = solver.x - sl.x
+    search, better, finished = _update_search(sl.search, done, solver.x, jnp.sum(r ** 2, axis=1), cur_margin, cfg)
+    pen, pen_grad = _penalty(r, sl.search.c, cfg)
+    best = tuple(_rows_where(better, v, a) for a, v in zip(sl.best, (solver.f - pen, solver.g - pen_grad, cur_margin)))
+    # freshly loaded rows: their clean image was evaluated; start their first solve (or finish)
+    trivial = sl.fresh & (margin > 0)
+    start = sl.fresh & ~trivial
+    base = tuple(_rows_where(start, v, a) for a, v in zip(sl.base, (loss, grad, margin)))
+    c = jnp.where(start, _first_c(loss, grad, cfg), search.c)
+    search = search._replace(c=c)
+    # rows starting a solve: from the best success so far (warm) or the clean image; their value
+    # and gradient there follow from the stored loss terms, no evaluation needed
+    again = done & ~finished
+    warm = again & search.found if cfg.warm_start else jnp.zeros_like(again)
+    z0 = _rows_where(warm, search.best_z, sl.x)
+    l0, g0, m0 = (_rows_where(warm, b, a) for a, b in zip(base, best))
+    pen, pen_grad = _penalty(z0 - sl.x, c, cfg)
+    restart = again | start
+    solver = lbfgsb.restart_rows(solver, restart, z0, l0 + pen, g0 + pen_grad, lo, hi, tol=cfg.tol)
+    cur_margin = jnp.where(restart, m0, cur_margin)
+    solving = (sl.solving & ~finished) | start
+    # finished examples leave their results and make room for the next ones
+    leave = finished | trivial
+    dest = jnp.where(leave, sl.index, n)
+    out_z, out_c, out_evals = out
+    out = (out_z.at[dest].set(jnp.where(trivial[:, None], sl.x, search.best_z), mode="drop"),
+           out_c.at[dest].set(jnp.where(trivial, jnp.inf, search.best_c), mode="drop"),
+           out_evals.at[dest].set(evals, mode="drop"))
+    rank = jnp.cumsum(leave) - 1
+    index = jnp.where(leave, jnp.minimum(queued + rank, n), sl.index)
+    queued = queued + jnp.sum(leave)
+    x_new, t_new = _load(images, targets, index, n)
+    sl = _Slots(index=index, x=_rows_where(leave, x_new, sl.x), target=_rows_where(leave, t_new, sl.target),
+                fresh=leave & (index < n), solving=solving & ~leave, solver=solver,
+                search=jax.tree.map(lambda new, old: _rows_where(leave, new, old),
+                                    _new_search(jnp.zeros_like(search.c), x_new), search),
+                margin=cur_margin, base=base, best=best, evals=jnp.where(leave, 0, evals))
+    return sl, out, queued
+
+
 @functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
 def attack_streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
     """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
     example's slot takes the next waiting example at once, so every batched evaluation serves an
     example still being solved (until the queue runs dry). One while loop: one compilation of one
     evaluation of the model, whatever the number of c steps."""
-    n, d = images.shape
-    lo, hi = cfg.box
-    opts = lbfgsb.Options(maxiter=cfg.maxiter, tol=cfg.tol, ftol=cfg.ftol)
+    carry = _init_carry(images, targets, cfg=cfg, slots=slots)
+    step = functools.partial(_tick, logits_fn, images, targets, shape=shape, cfg=cfg)
+    _, (z, c, evals), _ = jax.lax.while_loop(_pending, step, carry)
+    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
 
-    def flat_logits(z):
-        return logits_fn(z.reshape((z.shape[0],) + shape))
 
-    def empty_slots(index):
-        x, t = _load(images, targets, index, n)
-        zeros = jnp.zeros((slots,), x.dtype)
-        return _Slots(index=index, x=x, target=t, fresh=index < n, solving=jnp.zeros((slots,), bool),
-                      solver=lbfgsb.init_rows(x, zeros, jnp.zeros_like(x), lo, hi, history=cfg.history,
-                                              tol=jnp.inf),
-                      search=_new_search(zeros, x), margin=zeros, base=(zeros, jnp.zeros_like(x), zeros),
-                      best=(zeros, jnp.zeros_like(x), zeros), evals=jnp.zeros((slots,), jnp.int32))
+_init_jit = jax.jit(_init_carry, static_argnames=("cfg", "slots"))
+_pending_jit = jax.jit(_pending)
+_tick_jit = jax.jit(_tick, static_argnames=("shape", "cfg"), donate_argnums=(3,))
 
-    def tick(carry):
-        sl, out, queued = carry
-        solver, zt = lbfgsb.propose(sl.solver, lo, hi)
-        loss, grad, margin = _evaluate(flat_logits, jnp.where(sl.fresh[:, None], sl.x, zt), sl.target, cfg)
-        evals = sl.evals + (sl.index < n)
-        # the solving rows' trial
-        pen, pen_grad = _penalty(zt - sl.x, sl.search.c, cfg)
-        solver, took = lbfgsb.accept(solver, zt, loss + pen, grad + pen_grad, lo, hi, opts)
-        cur_margin = jnp.where(took, margin, sl.margin)
-        done = sl.solving & ~solver.active
-        r = solver.x - sl.x
-        search, better, finished = _update_search(sl.search, done, solver.x, jnp.sum(r ** 2, axis=1),
-                                                  cur_margin, cfg)
-        pen, pen_grad = _penalty(r, sl.search.c, cfg)
-        best = tuple(_rows_where(better, v, a) for a, v in zip(sl.best, (solver.f - pen, solver.g - pen_grad,
-                                                                          cur_margin)))
-        # freshly loaded rows: their clean image was evaluated; start their first solve (or finish)
-        trivial = sl.fresh & (margin > 0)
-        start = sl.fresh & ~trivial
-        base = tuple(_rows_where(start, v, a) for a, v in zip(sl.base, (loss, grad, margin)))
-        c = jnp.where(start, _first_c(loss, grad, cfg), search.c)
-        search = search._replace(c=c)
-        # rows starting a solve: from the best success so far (warm) or the clean image; their value
-        # and gradient there follow from the stored loss terms, no evaluation needed
-        again = done & ~finished
-        warm = again & search.found if cfg.warm_start else jnp.zeros_like(again)
-        z0 = _rows_where(warm, search.best_z, sl.x)
-        l0, g0, m0 = (_rows_where(warm, b, a) for a, b in zip(base, best))
-        pen, pen_grad = _penalty(z0 - sl.x, c, cfg)
-        restart = again | start
-        solver = lbfgsb.restart_rows(solver, restart, z0, l0 + pen, g0 + pen_grad, lo, hi, tol=cfg.tol)
-        cur_margin = jnp.where(restart, m0, cur_margin)
-        solving = (sl.solving & ~finished) | start
-        # finished examples leave their results and make room for the next ones
-        leave = finished | trivial
-        dest = jnp.where(leave, sl.index, n)
-        out_z, out_c, out_evals = out
-        out = (out_z.at[dest].set(jnp.where(trivial[:, None], sl.x, search.best_z), mode="drop"),
-               out_c.at[dest].set(jnp.where(trivial, jnp.inf, search.best_c), mode="drop"),
-               out_evals.at[dest].set(evals, mode="drop"))
-        rank = jnp.cumsum(leave) - 1
-        index = jnp.where(leave, jnp.minimum(queued + rank, n), sl.index)
-        queued = queued + jnp.sum(leave)
-        x_new, t_new = _load(images, targets, index, n)
-        sl = _Slots(index=index, x=_rows_where(leave, x_new, sl.x), target=_rows_where(leave, t_new, sl.target),
-                    fresh=leave & (index < n), solving=solving & ~leave, solver=solver,
-                    search=jax.tree.map(lambda new, old: _rows_where(leave, new, old), _new_search(
-                        jnp.zeros_like(search.c), x_new), search),
-                    margin=cur_margin, base=base, best=best, evals=jnp.where(leave, 0, evals))
-        return sl, out, queued
 
-    out = (images, jnp.full((n,), jnp.inf, images.dtype), jnp.zeros((n,), jnp.int32))
-    carry = (empty_slots(jnp.arange(slots)), out, jnp.asarray(slots, jnp.int32))
-    _, (z, c, evals), _ = jax.lax.while_loop(lambda cr: jnp.any(cr[0].index < n), tick, carry)
-    return finish(flat_logits, images, targets, z, c, evals, shape, cfg, slots)
+@functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
+def _finish_jit(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int) -> "Outcome":
+    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
+
+
+def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
+    """``attack_streaming`` with its loop on the host: the same ``_tick``, jitted alone and called until
+    no slot holds an example (XLA:CPU runs convolutions slower inside a loop body than in a program of
+    their own; ``PITFALLS``). The same arithmetic, so the same result."""
+    carry = _init_jit(images, targets, cfg=cfg, slots=slots)
+    while bool(_pending_jit(carry)):
+        carry = _tick_jit(logits_fn, images, targets, carry, shape=shape, cfg=cfg)
+    z, c, evals = carry[1]
+    return _finish_jit(logits_fn, images, targets, z, c, evals, shape, cfg, slots)
+
+
+def has_convolution(logits_fn: Partial, example) -> bool:
+    """Whether the model's program (traced on ``example``, a ``ShapeDtypeStruct``) contains a convolution,
+    in any nested sub-program (traced once per model function and input shape)."""
+    key = (jax.tree.structure(logits_fn), tuple(example.shape), example.dtype)
+    if key not in _CONVOLUTIONAL:
+        _CONVOLUTIONAL[key] = _walk(jax.make_jaxpr(logits_fn)(example).jaxpr)
+    return _CONVOLUTIONAL[key]
+
+
+_CONVOLUTIONAL: dict = {}  # (model function's tree structure, input shape, dtype) -> has a convolution
+
+
+def _walk(jaxpr) -> bool:
+    def walk(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            for v in eqn.params.values():
+                for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns") and walk(inner):
+                        return True
+        return False
+    return walk(jaxpr)
 
 
 def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "Outcome":

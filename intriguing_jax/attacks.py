@@ -32,6 +32,7 @@ from intriguing_jax import storage
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 SOLVERS = ("batched", "jaxopt")  # AttackConfig.solver's choices
+EXECUTIONS = ("auto", "loop", "stepped")  # AttackConfig.execution's choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,10 @@ class AttackConfig:
         all); the others wait and take the place of a finished example at once. ``None``: the backend's
         default (32 on CPU, where each row's L-BFGS memory stays in cache;
         8192 on accelerators). Memory is bounded by it, not by the number of examples.
+      execution: where the batched solver's loop runs: ``"loop"`` (one XLA while loop: one dispatch),
+        ``"stepped"`` (each iteration a jitted call from the host: XLA:CPU runs convolutions ~1.4× slower
+        inside a loop body, PITFALLS), ``"auto"`` (stepped on CPU for a model with a convolution, else the
+        loop; always the loop under an outer ``jit``). The same arithmetic either way.
     """
 
     box: tuple[float, float] = (0.0, 1.0)
@@ -94,6 +99,7 @@ class AttackConfig:
     refine: bool = False
     refine_steps: int = 8
     refine_classes: int = 4
+    execution: Literal["auto", "loop", "stepped"] = "auto"
 
     def __post_init__(self):
         lo, hi = self.box
@@ -115,6 +121,8 @@ class AttackConfig:
                              f"{self.c_init_scale}")
         if self.c_factor <= 1 or self.c_steps < 1 or self.maxiter < 1 or self.c_rtol < 0 or self.shrink_steps < 0:
             raise ValueError("need c_factor > 1, c_steps >= 1, maxiter >= 1, c_rtol >= 0, shrink_steps >= 0")
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
         if self.refine_steps < 1 or self.refine_classes < 1:
             raise ValueError(f"need refine_steps >= 1 and refine_classes >= 1, got {self.refine_steps}, "
                              f"{self.refine_classes}")
@@ -237,7 +245,19 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     if cfg.solver == "jaxopt":
         return AttackResult(*_engine.attack_lockstep(_engine.as_partial(logits_fn), flat, targets, shape, cfg))
     slots = min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
-    return AttackResult(*_engine.attack_streaming(_engine.as_partial(logits_fn), flat, targets, shape, cfg, slots))
+    fn = _engine.as_partial(logits_fn)
+    run = _engine.attack_stepped if _stepped(fn, images, cfg) else _engine.attack_streaming
+    return AttackResult(*run(fn, flat, targets, shape, cfg, slots))
+
+
+def _stepped(fn, images, cfg: AttackConfig) -> bool:
+    """``cfg.execution`` resolved: the host-stepped loop, or one XLA loop (always under an outer jit)."""
+    if not (_is_concrete(images) and cfg.execution != "loop"):
+        return False
+    if cfg.execution == "stepped":
+        return True
+    example = jax.ShapeDtypeStruct(images.shape, images.dtype)
+    return jax.default_backend() == "cpu" and _engine.has_convolution(fn, example)
 
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,

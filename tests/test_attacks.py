@@ -288,3 +288,38 @@ def test_compiles_once_for_new_weights(mlp, mnist):
         res = attacks.lbfgs_attack(Partial(model.apply, p), x, t, config=cfg)
         assert res.l2.shape == (4,)
     assert _engine.attack_streaming._cache_size() == compiled
+
+
+def _tiny_cnn():
+    import flax.linen as nn
+
+    class CNN(nn.Module):  # flax examples/mnist style, NHWC
+        @nn.compact
+        def __call__(self, x):
+            x = nn.avg_pool(nn.relu(nn.Conv(4, (3, 3))(x)), (2, 2), (2, 2))
+            return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+    net = CNN()
+    return net, net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_host_stepped_and_single_loop_execution_agree(mnist):
+    """The same solver iteration run as one XLA loop or stepped from the host: the same examples reached,
+    the same distortions to float precision; "auto" steps a model with a convolution on CPU."""
+    net, params = _tiny_cnn()
+    fn = Partial(net.apply, params)
+    x = mnist.test.images[:6].reshape(-1, 28, 28, 1)
+    t = (np.asarray(jnp.argmax(net.apply(params, x), -1)) + 3) % 10
+    cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=4)
+    loop = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution="loop"))
+    stepped = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution="stepped"))
+    assert bool(loop.success.all()) and loop.adversarial.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(stepped.success), np.asarray(loop.success))
+    np.testing.assert_allclose(np.asarray(stepped.l2), np.asarray(loop.l2), rtol=5e-3)
+    example = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    assert attacks._stepped(fn, jnp.asarray(x), cfg) == (jax.default_backend() == "cpu")
+    assert _engine.has_convolution(fn, example)
+    model = models.build("FC100-100-10")
+    mlp_fn = Partial(model.apply, model.init(jax.random.key(0)))
+    assert not _engine.has_convolution(mlp_fn, jax.ShapeDtypeStruct((2, 784), jnp.float32))
+    with pytest.raises(ValueError, match="execution"):
+        attacks.AttackConfig(execution="threads")
