@@ -97,4 +97,5 @@ def render(result: dict) -> str:
             + verdicts.bullets([verdicts.pools_beat_weight_decay(result["summary"], len(result["seeds"])),
                                 verdicts.higher_layers_more_useful(result["summary"]),
                                 verdicts.distortion_rises(result["summary"])]) + "\n\n"
+            + runs.controls_section(result, BASELINE)
             + f"![curves]({result['figure']})\n\n" + report.provenance_line(result["provenance"]) + "\n")

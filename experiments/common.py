@@ -31,8 +31,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def setup(args) -> data.MNIST:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING), logging.getLogger("jax._src").setLevel(logging.WARNING)
     if not args.no_compile_cache:
         path = compile_cache.enable(compile_cache.default_dir(args.workdir))
         logging.getLogger(__name__).info("persistent compilation cache: %s", path)
@@ -42,12 +41,7 @@ def setup(args) -> data.MNIST:
 def epoch_bar(total: int, desc: str):
     """A tqdm bar advanced once per epoch, showing the epoch's mean loss; returns (bar, callback)."""
     bar = tqdm(total=total, desc=desc, unit="epoch", leave=False)
-
-    def on_epoch(epoch: int, loss: float):
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-
-    return bar, on_epoch
+    return bar, lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +52,7 @@ class Context:
     results: str = "results"
     seed: int = 0
     train_cfg: train.TrainConfig = train.TrainConfig()
-    attack_cfg: attacks.AttackConfig = attacks.AttackConfig()
+    attack_cfg: attacks.AttackConfig = attacks.AttackConfig.reproduction()  # the settings results/ was made with
     num_images: int = 1000
     chunk_size: int = 256
 
@@ -72,10 +66,15 @@ class Context:
 
 def trained(ctx: Context, mnist: data.MNIST, name: str, split: str = "train"):
     """``zoo.trained`` with a progress bar: ``(model, params, meta)``, cached under ``ctx.workdir``."""
-    epochs = zoo.resolved_config(name, ctx.train_cfg, split).epochs
-    bar, on_epoch = epoch_bar(epochs, f"train {name} on {split}")
+    return trained_population(ctx, mnist, name, [ctx.seed], split)[0]
+
+
+def trained_population(ctx: Context, mnist: data.MNIST, name: str, seeds, split: str = "train") -> list:
+    """``zoo.trained_population`` (the seeds not cached train as one population) with a progress bar."""
+    bar, tick = epoch_bar(zoo.resolved_config(name, ctx.train_cfg, split).epochs, f"train {name} on {split}")
     with bar:
-        return zoo.trained(name, mnist, split=split, seed=ctx.seed, cfg=ctx.train_cfg, workdir=ctx.workdir, on_epoch=on_epoch)
+        return zoo.trained_population(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
+                                      on_epoch=lambda e, losses: tick(e, sum(losses) / len(losses)))
 
 
 def attack(ctx: Context, name: str, split: str, model: models.Model, params, images, targets,

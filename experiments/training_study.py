@@ -43,17 +43,17 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
         result["provenance"] = common.record(ctx, t0, pipeline="training_study")
         storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     for study in studies:
+        groups = {}  # one population per (model, split, configuration): its seeds train together
         for label, (name, split, cfg, seed) in STUDIES[study].items():
+            groups.setdefault((name, split, cfg), []).append((label, ctx.seed + seed))  # --seed shifts them
+        for (name, split, cfg), runs in groups.items():
             t0 = time.time()
-            seed = ctx.seed + seed  # --seed shifts every study's seeds
-            _, _, meta = common.trained(dataclasses.replace(ctx, train_cfg=cfg, seed=seed), mnist, name, split)
-            result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
-                                     "config": dataclasses.asdict(cfg),
-                                     "config_key": zoo.config_key(name, cfg, split), "train_error": meta["train_error"],
-                                     "test_error": meta["test_error"], "train_wall_s": meta["provenance"]["wall_time_s"],
-                                     "this_call_s": time.time() - t0}
-            print(f"{label}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
-                  f"({meta['provenance']['wall_time_s']:.0f} s)")
+            for (label, seed), (_, _, meta) in zip(runs, common.trained_population(
+                    dataclasses.replace(ctx, train_cfg=cfg), mnist, name, [s for _, s in runs], split)):
+                result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
+                                         "config": dataclasses.asdict(cfg), "config_key": zoo.config_key(name, cfg, split),
+                                         "train_error": meta["train_error"], "test_error": meta["test_error"],
+                                         "train_wall_s": meta["provenance"]["wall_time_s"], "this_call_s": time.time() - t0}
             result["provenance"] = common.record(ctx, t0, pipeline="training_study")
             storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     return result

@@ -20,7 +20,7 @@ import jax
 from jax.tree_util import Partial
 
 from intriguing_jax import adversarial_training as at
-from intriguing_jax import attacks, models, report, storage, train, zoo
+from intriguing_jax import attacks, models, report, storage, train, verdicts, zoo
 from intriguing_jax.data import MNIST
 
 
@@ -90,6 +90,45 @@ def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed:
     return out
 
 
+def population_runs(model_name: str, mnist: MNIST, label: str, loss, settings: dict, seeds, cfg: train.TrainConfig,
+                    ev: Evaluation, workdir, on_epoch: Callable[[int, list], None] | None = None) -> list[dict]:
+    """Members trained as one population (``train.fit_population`` with ``loss`` and per-member
+    ``settings`` [M], e.g. one ε per member) and measured as ``run`` measures a run: final test and train
+    error and the attack on ``ev.final`` test images. Checkpointed every epoch (resumes after a kill) and
+    cached as JSON keyed by the label, the loss, the settings, the seeds and the resolved config.
+
+    Returns:
+      one dict per member: ``variant``, ``seed``, ``setting`` (its numbers), ``epochs``, ``test_error``,
+      ``train_error``, ``attack``, ``wall_s`` (its share of the population's training time), ``loss`` (each
+      epoch's mean training loss).
+    """
+    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg)
+    described = {f.name: getattr(loss, f.name) for f in dataclasses.fields(loss) if f.name != "model"}
+    key = storage.cache_key({"loss": type(loss).__name__, **described, "settings": {k: [float(v) for v in vs] for k, vs in settings.items()},
+                             "seeds": list(seeds), "train": zoo.config_key(model_name, cfg)})
+    work = pathlib.Path(workdir) / "robust_training"
+    stem = f"{storage.safe_name(label)}_{key}"
+    if (work / f"{stem}.json").exists():
+        return json.loads((work / f"{stem}.json").read_text())
+    t0 = time.time()
+    params, history = train.fit_population(model, mnist.train, jax.numpy.stack([jax.random.key(s) for s in seeds]), cfg,
+                                           loss=loss, settings=settings, checkpoint_path=work / f"{stem}.partial",
+                                           on_epoch=on_epoch)
+    wall = (time.time() - t0) / len(seeds)
+    out = []
+    for m, seed in enumerate(seeds):
+        p = train.member(params, m)
+        final = _summary(model, p, ev.images[:ev.final], ev.targets[:ev.final], ev, work / f"{stem}_m{m}_attack")
+        out.append({"variant": label, "seed": seed, "setting": {k: float(v[m]) for k, v in settings.items()},
+                    "epochs": cfg.epochs, "test_error": train.error_rate(model.apply, p, mnist.test),
+                    "train_error": train.error_rate(model.apply, p, mnist.train),
+                    "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
+                    "wall_s": wall, "loss": [h[m] for h in history]})
+    storage.write_json(work / f"{stem}.json", out)
+    (work / f"{stem}.partial").unlink(missing_ok=True)
+    return out
+
+
 def best_per_layer_set(summary: dict, layer_sets: dict[str, tuple[int, ...]]) -> dict[str, str]:
     """For each named set of pool layers, the configuration of ``summary`` (``summarize_runs``'s, each
     with ``layers``) with those layers and the lowest mean test error; sets with none are left out."""
@@ -144,3 +183,13 @@ def method(model: str, epochs: int, recipe: int, cfg: dict, final_images: int) -
             "share of attacks that reached their target / written into the pool / their mean distortion (RMS in "
             "the layer's space). Av. min. distortion: the full attack on the first "
             f"{final_images} test images (seeded random wrong targets). ± is half the spread (max − min) over seeds.")
+
+
+def controls_section(result: dict, baseline: str) -> str:
+    """The report's positive controls (``experiments.advtrain_controls``) beside the pools, if ``result``
+    has them: their table and what they say about the pools (rules in ``verdicts``)."""
+    if "controls" not in result:
+        return ""
+    return ("### Positive controls (`python -m experiments.advtrain_controls`)\n\n" + verdicts.controls_table(result["controls"])
+            + "\n" + verdicts.bullets([verdicts.controls_beat_baseline(result["controls"], baseline),
+                                       verdicts.settled(result["controls"], result["summary"], baseline)]) + "\n\n")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import pathlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -22,8 +24,11 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
+from intriguing_jax import checkpoint
 from intriguing_jax.data import Split
 from intriguing_jax.models import Model
+
+log = logging.getLogger(__name__)
 
 
 DECAY_CONVENTIONS = ("per_unit", "sum", "half_sum")
@@ -188,7 +193,8 @@ class Hook:
 
 def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransformation, data: tuple, key,
                epochs: int, batch_size: int, *, hook: Hook | None = None, start_epoch: int = 0,
-               on_epoch: Callable[[int, TrainState, float], None] | None = None) -> tuple[TrainState, list[float]]:
+               on_epoch: Callable[[int, TrainState, float], None] | None = None,
+               population: bool = False, on_device: bool = False) -> tuple[TrainState, list]:
     """The training loop: epochs ``start_epoch .. epochs − 1`` of shuffled minibatches, one jitted
     (buffer-donating) step each.
 
@@ -203,9 +209,16 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
       start_epoch: resume from this epoch (``state`` as saved after the previous one).
       on_epoch: called after each epoch with ``(epoch, state, mean loss)`` (progress, evaluation,
         checkpoints).
+      population: train M members at once: ``key`` holds M keys, every leaf of ``state.params`` and
+        ``state.opt_state`` a leading member axis, ``state.extra`` each member's settings (a dict of
+        ``[M]`` arrays: ``learning_rate`` multiplies the member's updates, the loss may read others). One
+        jitted step advances every member on its own minibatch (its own shuffle, as if trained alone).
+        No hook.
+      on_device: a population's epoch as one ``lax.scan`` of the same step (one dispatch per epoch: for
+        accelerators and MLPs; XLA:CPU runs convolutions slower inside a loop body).
 
     Returns:
-      ``(final state, mean loss of each epoch run)``.
+      ``(final state, mean loss of each epoch run)`` (a population: a list of M losses per epoch).
 
     ``loss_fn`` and ``tx`` are static arguments of the jitted step (hashed): pass the same objects (e.g.
     ``optimizer``'s memoised ones, a frozen dataclass as the loss) and a second run compiles nothing.
@@ -213,6 +226,8 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
     Not one ``lax.scan`` per epoch: XLA:CPU runs convolutions inside a loop body ~13x slower than the
     same step jitted on its own (measured here: ConvNet 1.9 s vs 0.15 s per step of 128).
     """
+    if population and hook is not None:
+        raise ValueError("a population trains without a hook")
     hook = hook or Hook()
     n = len(data[0])
     steps = n // batch_size
@@ -220,10 +235,26 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
         raise ValueError(f"batch_size {batch_size} exceeds the number of training examples {n}")
     data = tuple(jnp.asarray(d) for d in data)
     params = jax.tree.map(jnp.array, state.params)  # our own copy: the step donates its buffers
-    opt_state = tx.init(params) if state.opt_state is None else jax.tree.map(jnp.array, state.opt_state)
+    init = jax.vmap(tx.init) if population else tx.init
+    opt_state = init(params) if state.opt_state is None else jax.tree.map(jnp.array, state.opt_state)
     extra = state.extra
     history = []
     for e in range(start_epoch, epochs):
+        if population:
+            shuffle_keys, perm = _population_order(key, e, n, steps, batch_size)
+            if on_device:
+                params, opt_state, losses = _population_epoch(params, opt_state, extra, data, perm, shuffle_keys,
+                                                              loss_fn=loss_fn, tx=tx)
+            else:
+                losses = []
+                for i in range(steps):
+                    params, opt_state, loss = _population_step(params, opt_state, extra, data, perm[:, i], shuffle_keys,
+                                                               i, loss_fn=loss_fn, tx=tx)
+                    losses.append(loss)
+            history.append([float(v) for v in jnp.mean(jnp.stack(list(losses)), axis=0)])
+            if on_epoch is not None:
+                on_epoch(e, TrainState(params, opt_state, extra), history[-1])
+            continue
         shuffle_key, step_key = hook.epoch_keys(key, e)
         perm = _epoch_order(shuffle_key, n, steps, batch_size)
         losses = []
@@ -252,6 +283,38 @@ def _train_step(params, opt_state, extra, data, idx, key, *, loss_fn, tx):
 def _epoch_order(key, n: int, steps: int, batch_size: int):
     """An epoch's minibatch indices ``[steps, batch_size]`` (a shuffle; the last partial batch dropped)."""
     return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _population_order(keys, epoch, n: int, steps: int, batch_size: int):
+    """Each member's epoch key (``Hook.epoch_keys``: the same for shuffling and steps) and minibatch
+    indices ``[M, steps, batch_size]``, as ``run_epochs`` draws them for one model."""
+    epoch_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
+    return epoch_keys, jax.vmap(lambda k: _epoch_order(k, n, steps, batch_size))(epoch_keys)
+
+
+def _members_step(params, opt_state, settings, data, idx, epoch_keys, step, loss_fn, tx):
+    """One optimiser step of every member (vmapped), each on its own minibatch ``idx [M, B]``."""
+    def one(p, s, member, i, k):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tuple(d[i] for d in data), member, jax.random.fold_in(k, step))
+        updates, s = tx.update(grads, s, p)
+        updates = jax.tree.map(lambda u: member["learning_rate"] * u, updates)
+        return optax.apply_updates(p, updates), s, loss
+    return jax.vmap(one)(params, opt_state, settings, idx, epoch_keys)
+
+
+_population_step = jax.jit(_members_step, donate_argnums=(0, 1), static_argnames=("loss_fn", "tx"))
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1), static_argnames=("loss_fn", "tx"))
+def _population_epoch(params, opt_state, settings, data, perm, epoch_keys, *, loss_fn, tx):
+    """A whole epoch of ``_members_step`` as one ``lax.scan`` on the device (``perm [M, steps, B]``)."""
+    def body(carry, step):
+        p, s = carry
+        p, s, loss = _members_step(p, s, settings, data, perm[:, step], epoch_keys, step, loss_fn, tx)
+        return (p, s), loss
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(perm.shape[1]))
+    return params, opt_state, losses
 
 
 def pretrain_autoencoder(model: Model, train: Split, key, cfg: TrainConfig, on_epoch=None):
@@ -346,11 +409,13 @@ class ClassifierLoss:
 
     def __call__(self, p, batch, extra, key):
         x, y = batch
-        return cross_entropy(self.model.apply(p, x), y) + weight_decay(p, self.model.spec.weight_decay, self.decay)
+        decay = weight_decay(p, self.model.spec.weight_decay, self.decay)
+        scale = 1.0 if extra is None else extra["decay_scale"]  # a population member's λ multiplier
+        return cross_entropy(self.model.apply(p, x), y) + scale * decay
 
 
 def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConfig(),
-        on_epoch: Callable[[int, float], None] | None = None):
+        on_epoch: Callable[[int, float], None] | None = None, *, checkpoint_path=None):
     """Trains a registry model: mean cross-entropy plus the spec's per-layer weight decay, Adam with a
     cosine-decayed learning rate (``run_epochs``). AE400-10's encoder is pre-trained as a sparse
     autoencoder and then held fixed by the optimiser.
@@ -361,6 +426,8 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
         ``train.share`` (``TrainConfig.for_model``: a run on P1 takes twice the passes, the same steps) —
         the one resolution the zoo's caches and the adversarial ``fit`` use too.
       on_epoch: called with ``(epoch, mean loss)`` after each epoch.
+      checkpoint_path: if given, the state (weights, optimiser, epoch, losses) is saved atomically after
+        every epoch and a restarted call resumes after the last finished epoch (delete it once done).
 
     Returns:
       ``(params, loss_history)``: the trained parameter pytree and each epoch's mean loss.
@@ -368,19 +435,115 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
     References:
       Szegedy et al. 2014, Sec. 2 (models and weight decay λ·Σw²/k).
     """
-    resolved = cfg.for_model(model.spec, train.share)
-    epochs, learning_rate = resolved.epochs, resolved.learning_rate
-    init_key, ae_key, loop_key = jax.random.split(key, 3)
-    params = initial_params(model, init_key, cfg)
-    if model.spec.autoencoder is not None:
-        encoder, _ = pretrain_autoencoder(model, train, ae_key, cfg)
-        params = {"params": {**params["params"], "dense_0": encoder}}
+    params, history = _fit(model, train, key[None], cfg, None, None, checkpoint_path, alone=True,
+                           on_epoch=None if on_epoch is None else (lambda e, losses: on_epoch(e, losses[0])))
+    return member(params, 0), [h[0] for h in history]
 
-    steps = epochs * (len(train) // cfg.batch_size)
-    tx = optimizer(cfg, steps, learning_rate, model.spec.frozen)
-    state, history = run_epochs(ClassifierLoss(model, cfg.decay), TrainState(params, None), tx, (train.images, train.labels), loop_key,
-                                epochs, cfg.batch_size, on_epoch=_progress(on_epoch))
-    return state.params, history
+
+def fit_population(model: Model, train: Split, keys: jax.Array, cfg: TrainConfig = TrainConfig(), *,
+                   learning_rates=None, decay_scales=None, loss: Callable | None = None, settings: dict | None = None,
+                   on_epoch: Callable[[int, list[float]], None] | None = None, checkpoint_path=None,
+                   on_device: bool = False):
+    """Trains M members of one registry model at once — one jitted step advances all of them — each as
+    ``fit`` would train it alone with its key (to float precision; tested).
+
+    Args:
+      model, train, cfg: as for ``fit`` (one resolved config for every member).
+      keys: ``[M]`` PRNG keys, one per member (its init, autoencoder and shuffling, as in ``fit``).
+      learning_rates: ``[M]`` peak rates (None: the resolved config's for all); the schedule's shape is
+        shared, each member's updates are scaled by its rate.
+      decay_scales: ``[M]`` multipliers of the spec's per-layer weight decay λ (None: 1).
+      loss: ``(params, (x, y), member settings, key) -> scalar``, hashable (None: ``ClassifierLoss``; e.g.
+        ``robust_training``'s losses, which read their ε from the member's settings).
+      settings: further per-member numbers for ``loss``, name -> ``[M]`` (e.g. ``{"epsilon": ...}``).
+      on_epoch: called with ``(epoch, [M] mean losses)`` after each epoch.
+      checkpoint_path: as for ``fit`` (the whole population's state).
+      on_device: each epoch as one ``lax.scan`` (``run_epochs``).
+
+    Returns:
+      ``(params, history)``: parameters with a leading member axis (``member(params, m)`` takes one) and
+      per epoch the M mean losses.
+    """
+    return _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path, alone=False, on_epoch=on_epoch,
+                on_device=on_device, loss=loss, settings=settings)
+
+
+def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path, *, alone: bool, on_epoch,
+         on_device: bool = False, loss=None, settings=None):
+    """``fit_population``; ``alone``: one member trained exactly as ``fit`` always has (its optimiser at
+    its own peak rate, the single-model step)."""
+    keys = jnp.asarray(keys)
+    members = len(keys)
+    resolved = cfg.for_model(model.spec, train.share)
+    steps = resolved.epochs * (len(train) // cfg.batch_size)
+    settings = {**{k: _per_member(v, 0.0, members) for k, v in (settings or {}).items()},
+                "learning_rate": _per_member(learning_rates, resolved.learning_rate, members),
+                "decay_scale": _per_member(decay_scales, 1.0, members)}
+    split = [jax.random.split(k, 3) for k in keys]  # (init, autoencoder, loop) per member, as fit draws them
+    loop_keys = jnp.stack([k[2] for k in split])
+    if alone:  # one model: the optimiser at its own peak rate, no member settings (fit's exact arithmetic)
+        tx = optimizer(cfg, steps, resolved.learning_rate, model.spec.frozen)
+    else:
+        tx = optimizer(cfg, steps, 1.0, model.spec.frozen)  # a unit peak: each member's rate scales its updates
+    template = jax.tree.map(lambda *a: jnp.stack(a), *[initial_params(model, k[0], cfg) for k in split[:1]] * members)
+    state, history, start = _resume(checkpoint_path, template, tx)
+    if state is None:
+        params = [initial_params(model, k[0], cfg) for k in split]
+        if model.spec.autoencoder is not None:
+            params = [{"params": {**p["params"], "dense_0": pretrain_autoencoder(model, train, k[1], cfg)[0]}}
+                      for p, k in zip(params, split)]
+        state = TrainState(jax.tree.map(lambda *a: jnp.stack(a), *params), None)
+
+    def end_of_epoch(epoch, st: TrainState, losses):
+        history.append(losses)
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state},
+                            {"epoch": epoch + 1, "history": history})
+        if on_epoch is not None:
+            on_epoch(epoch, losses)
+
+    loss = loss or ClassifierLoss(model, cfg.decay)
+    if alone:
+        def one(epoch, st, l):
+            end_of_epoch(epoch, TrainState(_stacked(st.params), _stacked(st.opt_state)), [l])
+        first = TrainState(member(state.params, 0), None if state.opt_state is None else member(state.opt_state, 0))
+        final, _ = run_epochs(loss, first, tx, (train.images, train.labels), loop_keys[0], resolved.epochs,
+                              cfg.batch_size, start_epoch=start, on_epoch=one)
+        return _stacked(final.params), history
+    state = TrainState(state.params, state.opt_state, settings)
+    final, _ = run_epochs(loss, state, tx, (train.images, train.labels), loop_keys, resolved.epochs, cfg.batch_size,
+                          start_epoch=start, on_epoch=end_of_epoch, population=True, on_device=on_device)
+    return final.params, history
+
+
+def member(tree, m: int):
+    """Member ``m`` of a population's pytree (every leaf's row ``m``)."""
+    return jax.tree.map(lambda a: a[m], tree)
+
+
+def _stacked(tree):
+    return jax.tree.map(lambda a: a[None], tree)
+
+
+def _per_member(values, default: float, members: int) -> jax.Array:
+    v = jnp.full((members,), default, jnp.float32) if values is None else jnp.asarray(values, jnp.float32)
+    if v.shape != (members,):
+        raise ValueError(f"need one value per member ({members}), got shape {v.shape}")
+    return v
+
+
+def _resume(path, params_template, tx) -> tuple[TrainState | None, list, int]:
+    """``(state, history, next epoch)`` from a training checkpoint at ``path``, or ``(None, [], 0)``."""
+    if path is None or not pathlib.Path(path).exists():
+        return None, [], 0
+    template = {"params": params_template, "opt_state": jax.vmap(tx.init)(params_template)}
+    try:
+        saved, meta = checkpoint.load(path, template)
+    except checkpoint.CheckpointError as e:
+        log.warning("%s; starting over", e)
+        return None, [], 0
+    log.info("resuming training from %s after epoch %d", path, meta["epoch"])
+    return TrainState(*(jax.tree.map(jnp.asarray, saved[k]) for k in ("params", "opt_state"))), meta["history"], meta["epoch"]
 
 
 def _progress(on_epoch: Callable[[int, float], None] | None):

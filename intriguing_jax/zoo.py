@@ -10,6 +10,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from intriguing_jax import attacks, checkpoint, models, provenance, storage, train
@@ -46,27 +47,57 @@ def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,
             cfg: train.TrainConfig = train.TrainConfig(), workdir="workdir", on_epoch=None):
     """Returns ``(model, params, meta)``, training and caching the checkpoint if it is not there yet.
 
-    ``meta`` holds train/test error (and P1/P2 error), the loss history, seed and provenance.
+    Training checkpoints every epoch (``<checkpoint>.partial``): a killed run resumes after its last
+    finished epoch. ``meta`` holds train/test error (and P1/P2 error), the loss history, seed and
+    provenance.
     """
+    return trained_population(name, mnist, (seed,), split=split, cfg=cfg, workdir=workdir,
+                              on_epoch=None if on_epoch is None else (lambda e, losses: on_epoch(e, losses[0])))[0]
+
+
+def trained_population(name: str, mnist: MNIST, seeds, *, split: str = "train",
+                       cfg: train.TrainConfig = train.TrainConfig(), workdir="workdir", on_epoch=None) -> list:
+    """``trained`` for several seeds: ``[(model, params, meta)]`` in the order of ``seeds``. Each seed's
+    checkpoint is the one ``trained`` would write; the seeds not yet cached train together as one
+    population (``train.fit_population``: one jitted step for all of them; a single seed trains by
+    ``train.fit``), resumable after a kill. ``on_epoch(epoch, [losses of the training seeds])``."""
     model = models.build(name)
-    path = checkpoint_path(workdir, name, split, seed, cfg)
-    if path.exists():
-        try:
-            params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
-            log.info("loaded %s from %s", model.name, path)
-            return model, params, meta
-        except checkpoint.CheckpointError as e:
-            log.warning("%s; retraining", e)
-    t0 = time.time()
-    params, history = train.fit(model, mnist.split(split), jax.random.key(seed), resolved_config(name, cfg, split),
-                                on_epoch=on_epoch)
-    errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s))
-              for s in ("train", "test", "p1", "p2")}
-    meta = {"model": model.name, "split": split, **errors, "loss_history": history,
-            "train_config": dataclasses.asdict(cfg),
-            "provenance": provenance.record(seed, time.time() - t0, data_source=mnist.source)}
-    checkpoint.save(path, params, meta)
-    return model, params, meta
+    out, todo = {}, []
+    for seed in seeds:
+        path = checkpoint_path(workdir, name, split, seed, cfg)
+        if path.exists():
+            try:
+                params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
+                log.info("loaded %s from %s", model.name, path)
+                out[seed] = (model, params, meta)
+                continue
+            except checkpoint.CheckpointError as e:
+                log.warning("%s; retraining", e)
+        todo.append(seed)
+    if todo:
+        t0 = time.time()
+        resolved, data = resolved_config(name, cfg, split), mnist.split(split)
+        partial = checkpoint_path(workdir, name, split, todo[0], cfg).with_suffix(
+            f".partial{'' if len(todo) == 1 else '-s' + '-'.join(map(str, todo))}")
+        if len(todo) == 1:
+            params, history = train.fit(model, data, jax.random.key(todo[0]), resolved, checkpoint_path=partial,
+                                        on_epoch=None if on_epoch is None else (lambda e, loss: on_epoch(e, [loss])))
+            population, histories = train._stacked(params), [[h] for h in history]
+        else:
+            population, histories = train.fit_population(model, data, jnp.stack([jax.random.key(s) for s in todo]),
+                                                         resolved, checkpoint_path=partial, on_epoch=on_epoch)
+        wall = (time.time() - t0) / len(todo)  # a member's share of the population's time
+        for m, seed in enumerate(todo):
+            params = train.member(population, m)
+            errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s))
+                      for s in ("train", "test", "p1", "p2")}
+            meta = {"model": model.name, "split": split, **errors, "loss_history": [h[m] for h in histories],
+                    "train_config": dataclasses.asdict(cfg), "population": todo,
+                    "provenance": provenance.record(seed, wall, data_source=mnist.source)}
+            checkpoint.save(checkpoint_path(workdir, name, split, seed, cfg), params, meta)
+            out[seed] = (model, params, meta)
+        partial.unlink(missing_ok=True)
+    return [out[s] for s in seeds]
 
 
 def attack(name: str, params, images, targets, *, tag: str, split: str = "train", seed: int = 0,

@@ -119,3 +119,24 @@ def test_training_study_groups_seeds_of_one_configuration():
     md = training_study.render(result)
     assert "| FC100-100-10 / a | 0, 1 | 1.70% | 1.60%–1.80% | 1.64% |" in md
     assert "| FC100-100-10 / b | 0 |" not in md  # one seed: not a group
+
+
+def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_path):
+    from experiments import adversarial_training as adv
+    from experiments import advtrain_controls as controls
+    mnist = data._to_mnist(synthetic_mnist(), "synthetic")
+    ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), seed=0,
+                         train_cfg=train.TrainConfig(epochs=1, batch_size=64),
+                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10), num_images=4, chunk_size=4)
+    adv.run(ctx, mnist, study=(adv.BASELINE, "input, mix 0.2"), seeds=(0,), study_seeds=(0,))
+    result = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
+    best = min(("FGSM (epsilon 0.1)", "FGSM (epsilon 0.25)"), key=lambda n: result["study"][n]["test_error_mean"])
+    assert set(result["controls"]) == {controls.BASELINE, best}
+    fgsm = next(c for n, c in result["controls"].items() if n.startswith("FGSM"))
+    assert fgsm["seeds"] == [0, 1] and len(fgsm["test_errors"]) == 2  # the best strength gets the extra seed
+    merged = json.loads((ctx.out / "adversarial_training.json").read_text())
+    assert merged["controls"] == result["controls"] and "runs" in merged  # the pools' result kept, controls added
+    md = (ctx.out / "adversarial_training.md").read_text()
+    assert "### Positive controls" in md and "What the positive controls say about the pools" in md
+    again = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
+    assert again["controls"] == result["controls"]  # cached: nothing retrained

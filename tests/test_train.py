@@ -72,6 +72,17 @@ def test_zoo_trains_once_then_loads(tmp_path, tiny_mnist):
     assert meta2 == meta
 
 
+def test_zoo_population_caches_each_seed_as_trained_would(tmp_path, tiny_mnist, monkeypatch):
+    cfg = train.TrainConfig(epochs=1, batch_size=50)
+    runs = zoo.trained_population("FC10(1e-2)", tiny_mnist, (0, 1), cfg=cfg, workdir=tmp_path)
+    assert [m["population"] for _, _, m in runs] == [[0, 1], [0, 1]]
+    assert sorted(p.suffix for p in (tmp_path / "checkpoints").iterdir()) == [".ckpt", ".ckpt"]  # partial removed
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a cached seed was trained again"))
+    _, params, meta = zoo.trained("FC10(1e-2)", tiny_mnist, seed=1, cfg=cfg, workdir=tmp_path)
+    jax.tree.map(np.testing.assert_array_equal, params, runs[1][1])
+    assert meta["test_error"] == runs[1][2]["test_error"]
+
+
 def test_cache_key_follows_the_registry_defaults(monkeypatch):
     cfg = train.TrainConfig()
     key = zoo.config_key("FC100-100-10", cfg)
@@ -167,3 +178,44 @@ def test_initialisations_redraw_kernels_at_their_scale(key, name):
         assert k.shape == flax_default["params"][layer]["kernel"].shape
     with pytest.raises(ValueError, match="init must be one of"):
         train.TrainConfig(init="orthogonal")
+
+
+def test_a_population_member_trains_as_it_would_alone(tiny_mnist):
+    """Members of one jitted population — seeds, a learning rate, a weight-decay scale — end where ``fit``
+    ends for each alone (float tolerance)."""
+    model = models.build("FC100-100-10")
+    cfg = train.TrainConfig(epochs=2, batch_size=64)
+    keys = jnp.stack([jax.random.key(s) for s in (3, 4, 5)])
+    pop, history = train.fit_population(model, tiny_mnist.train, keys, cfg, learning_rates=[1e-2, 1e-2, 3e-3],
+                                        decay_scales=[1.0, 100.0, 1.0])
+    assert len(history) == 2 and len(history[0]) == 3
+    strong = dataclasses.replace(model.spec, weight_decay={k: 100 * v for k, v in model.spec.weight_decay.items()})
+    alone = [train.fit(model, tiny_mnist.train, keys[0], cfg),
+             train.fit(models.build(strong), tiny_mnist.train, keys[1], cfg),
+             train.fit(model, tiny_mnist.train, keys[2], dataclasses.replace(cfg, learning_rate=3e-3))]
+    for m, (params, losses) in enumerate(alone):
+        for a, b in zip(jax.tree.leaves(train.member(pop, m)), jax.tree.leaves(params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4)
+        np.testing.assert_allclose([h[m] for h in history], losses, rtol=1e-3)
+    with pytest.raises(ValueError, match="one value per member"):
+        train.fit_population(model, tiny_mnist.train, keys, cfg, learning_rates=[1e-2])
+
+
+def test_a_killed_training_resumes_after_its_last_epoch(tiny_mnist, tmp_path):
+    model = models.build("FC10(1e-4)")
+    cfg = train.TrainConfig(epochs=3, batch_size=64)
+    full, full_hist = train.fit(model, tiny_mnist.train, jax.random.key(0), cfg)
+
+    def kill_after_second(epoch, loss):
+        if epoch == 1:
+            raise KeyboardInterrupt
+    path = tmp_path / "run.partial"
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, tiny_mnist.train, jax.random.key(0), cfg, kill_after_second, checkpoint_path=path)
+    seen = []
+    resumed, hist = train.fit(model, tiny_mnist.train, jax.random.key(0), cfg, lambda e, l: seen.append(e),
+                              checkpoint_path=path)
+    assert seen == [2] and len(hist) == 3  # only the third epoch ran again; the history is whole
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hist, full_hist, rtol=1e-5)

@@ -122,3 +122,21 @@ def test_distortion_rule_and_tightness_reading_go_either_way():
     assert "about as tight" in verdicts.attack_tightness(sandwich).detail
     sandwich["FC10(1e-4)"]["ratio_median"] = 2.0
     assert "not tight" in verdicts.attack_tightness(sandwich).detail
+
+
+def test_controls_rules_go_either_way():
+    base = {"test_error_mean": 0.017, "test_error_min": 0.016, "test_error_max": 0.018}
+    good = {"test_error_mean": 0.014, "test_error_min": 0.013, "test_error_max": 0.015}
+    level = {"test_error_mean": 0.017, "test_error_min": 0.0165, "test_error_max": 0.0175}
+    v = verdicts.controls_beat_baseline({"weight decay only": base, "FGSM": good, "dropout": level})
+    assert v.holds and v.numbers["better"] == ["FGSM"]
+    assert not verdicts.controls_beat_baseline({"weight decay only": base, "dropout": level}).holds
+    pools_level, pools_good = {"weight decay only": base, "input pool": level}, {"weight decay only": base, "input pool": good}
+    helps = {"weight decay only": base, "FGSM": good}
+    flat = {"weight decay only": base, "dropout": level}
+    assert "pools as we implement them do not" in verdicts.settled(helps, pools_level).detail
+    assert verdicts.settled(helps, pools_good).detail.startswith("Both")
+    assert "no positive control does" in verdicts.settled(flat, pools_good).detail
+    assert "says little about the pools" in verdicts.settled(flat, pools_level).detail
+    assert "| FGSM |" in verdicts.controls_table({"FGSM": {"seeds": [0, 1], "test_errors": [0.01, 0.02],
+                                                          "train_errors": [0.0, 0.0], "distortions": [0.05, None]}})

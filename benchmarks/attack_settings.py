@@ -1,0 +1,93 @@
+"""A recorded study of the attack's stopping settings: evaluations, distortion and speed, beside DDN.
+
+    pip install -e '.[bench]' && python -m benchmarks.attack_settings      # about 10 minutes, one core
+
+For each model (FC100-100-10 and the ConvNet from the registry; the held-out ReLU MLP and flax-style CNN
+of ``benchmarks.attack_speed``) and the same correctly classified test images and random wrong targets,
+runs ``lbfgs_attack`` under each configuration of ``GRID`` (the solves' relative-decrease tolerance
+``ftol``, the c search's bracket ``c_rtol``, its number of solves ``c_steps``) and foolbox's
+``DDNAttack``; prints evaluations per image, success, mean ‖r‖₂, the per-image ‖r‖₂ ratio to the current
+default's and to DDN's, and steady images/s (second call; one pinned core). Writes the rows as JSON
+(``--out``). ``AttackConfig``'s defaults are chosen from this table by the rule printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+GRID = {"ftol 1e-5, c_rtol 0.03 (before)": dict(ftol=1e-5, c_rtol=0.03),
+        "ftol 1e-4, c_rtol 0.03": dict(ftol=1e-4, c_rtol=0.03),
+        "ftol 1e-4, c_rtol 0.1": dict(ftol=1e-4, c_rtol=0.1),
+        "ftol 3e-4, c_rtol 0.03": dict(ftol=3e-4, c_rtol=0.03),
+        "ftol 3e-4, c_rtol 0.1": dict(ftol=3e-4, c_rtol=0.1),
+        "ftol 1e-4, c_rtol 0.1, c_steps 6": dict(ftol=1e-4, c_rtol=0.1, c_steps=6),
+        "ftol 1e-3, c_rtol 0.1": dict(ftol=1e-3, c_rtol=0.1)}
+BASE = "ftol 1e-5, c_rtol 0.03 (before)"
+
+
+def main(argv=None):
+    from benchmarks.attack_speed import _ddn, _import_foolbox, _pin
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["FC100-100-10", "relu-mlp", "flax-cnn", "ConvNet"])
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", default="workdir")
+    p.add_argument("--out", default="benchmarks/attack_settings.json")
+    args = p.parse_args(argv)
+    _pin(args.threads)
+    fb = _import_foolbox()
+
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from jax.tree_util import Partial
+
+    from benchmarks.attack_speed import _problem
+    from intriguing_jax import attacks, data, provenance
+    mnist = data.load_mnist()
+    rows = []
+    print("| model | configuration | evaluations / image | success | mean ‖r‖₂ | per image vs before | per image vs DDN "
+          "| images/s |\n|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        model, params, x, t = _problem(name, mnist, args.workdir, args.images)
+        fn = Partial(jax.jit(model.apply), params)
+        ddn_l2 = ddn_ok = None
+        if fb is not None:
+            _ddn(fb, fn, x, t)
+            wall, ok, l2 = _ddn(fb, fn, x, t)
+            ddn_ok, ddn_l2 = np.asarray(ok), np.asarray(l2)
+            rows.append({"model": name, "configuration": "DDN", "evaluations": 100.0, "success": float(ddn_ok.mean()),
+                         "mean_l2": float(ddn_l2[ddn_ok].mean()), "images_per_s": len(x) / wall})
+        base_l2 = base_ok = None
+        for label, kw in GRID.items():
+            cfg = dataclasses.replace(attacks.AttackConfig(), **kw)
+            jax.block_until_ready(attacks.lbfgs_attack(fn, x, t, config=cfg))
+            t0 = time.perf_counter()
+            r = jax.block_until_ready(attacks.lbfgs_attack(fn, x, t, config=cfg))
+            wall = time.perf_counter() - t0
+            ok, l2 = np.asarray(r.success), np.asarray(r.l2)
+            if base_l2 is None:
+                base_l2, base_ok = l2, ok
+            both = ok & base_ok & (base_l2 > 0)
+            vs_ddn = None if ddn_l2 is None else float(np.mean(l2[ok & ddn_ok] / ddn_l2[ok & ddn_ok]))
+            rows.append({"model": name, "configuration": label, "evaluations": float(r.grad_evals.mean()),
+                         "success": float(ok.mean()), "mean_l2": float(l2[ok].mean()),
+                         "vs_before": float(np.mean(l2[both] / base_l2[both])), "vs_ddn": vs_ddn,
+                         "images_per_s": len(x) / wall})
+        for row in rows[-len(GRID) - (fb is not None):]:
+            print(f"| {name} | {row['configuration']} | {row['evaluations']:.1f} | {row['success']:.1%} | "
+                  f"{row['mean_l2']:.4f} | {row.get('vs_before') or 1:.4f} | "
+                  f"{'–' if row.get('vs_ddn') is None else format(row['vs_ddn'], '.4f')} | {row['images_per_s']:.1f} |",
+                  flush=True)
+    json.dump({"images": args.images, "threads": args.threads, "rows": rows,
+               "machine": provenance.machine(), "versions": provenance.versions()}, open(args.out, "w"), indent=1)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

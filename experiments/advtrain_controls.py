@@ -1,0 +1,100 @@
+"""Positive controls for adversarial training: can known-good methods lower FC100-100-10's clean error?
+
+    python -m experiments.advtrain_controls      # about 40 minutes on a 2-core CPU (populations)
+
+Weight decay alone (5 seeds) against FGSM training (Goodfellow et al. 2015), L2 adversarial training,
+virtual adversarial training (Miyato et al. 2018) and dropout, each with the baseline's recipe and epochs
+(``intriguing_jax.robust_training``). Every strength trains with 3 seeds as one population; the best
+strength of each kind then gets 2 more seeds (5 in all). Writes results/adversarial_training_controls.json
+and .md, and adds the controls to results/adversarial_training.json, whose report shows them beside the pools.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from experiments import adversarial_training as pools
+from experiments import common
+from intriguing_jax import advtrain_runs as runs
+from intriguing_jax import models, report, storage, train, verdicts, zoo
+from intriguing_jax import robust_training as rt
+
+BASELINE = pools.BASELINE
+# kind -> (loss, its strengths: setting name -> values, one population member per value and seed)
+KINDS = {BASELINE: (train.ClassifierLoss, {}),
+         "FGSM": (rt.FGSMLoss, {"epsilon": [0.1, 0.25]}),
+         "L2 adversarial": (rt.L2AdversarialLoss, {"epsilon": [1.0, 2.0, 3.0]}),
+         "VAT": (rt.VATLoss, {"epsilon": [2.0]}),
+         "dropout": (rt.DropoutLoss, {"dropout_input": [0.2], "dropout_hidden": [0.5]})}
+SEEDS, MORE = (0, 1, 2), (3, 4)
+
+
+def _name(kind: str, setting: dict) -> str:
+    return kind if not setting else f"{kind} ({', '.join(f'{k} {v:g}' for k, v in setting.items())})"
+
+
+def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) -> dict:
+    t0, cfg = time.time(), zoo.resolved_config(pools.MODEL, ctx.train_cfg)
+    x, _, t = common.first_images(ctx, mnist.test)
+    ev = runs.Evaluation(x, t, final=pools.FINAL_IMAGES, attack=ctx.attack_cfg, chunk_size=ctx.chunk_size)
+    loss_of = {k: KINDS[k][0](models.build(pools.MODEL), cfg.decay) for k in kinds}
+
+    def population(kind, values, member_seeds):  # every (strength, seed) pair one member
+        n = len(next(iter(values.values()), [0]))
+        settings = {k: [v for v in vs for _ in member_seeds] for k, vs in values.items()}
+        bar, tick = common.epoch_bar(cfg.epochs, f"{kind} ({n * len(member_seeds)} members)")
+        with bar:
+            return runs.population_runs(pools.MODEL, mnist, kind, loss_of[kind], settings,
+                                        [ctx.seed + s for _ in range(n) for s in member_seeds], cfg, ev, ctx.workdir,
+                                        lambda e, losses: tick(e, sum(losses) / len(losses)))
+
+    study, controls = {}, {}
+    for kind in kinds:
+        for r in population(kind, KINDS[kind][1], seeds if kind != BASELINE else seeds + more):
+            study.setdefault(_name(kind, r["setting"]), []).append(r)
+        best = min((n for n in study if n.startswith(kind)), key=lambda n: sum(r["test_error"] for r in study[n]))
+        extra = [] if kind == BASELINE else population(kind, {k: [v] for k, v in study[best][0]["setting"].items()}, more)
+        controls[best] = study[best] + extra
+    result = {"model": pools.MODEL, "epochs": cfg.epochs, "seeds": [ctx.seed + s for s in seeds + more], "study_seeds": len(seeds),
+              "study": {n: summary(rs) for n, rs in study.items()}, "controls": {n: summary(rs) for n, rs in controls.items()},
+              "runs": controls, "train_config": dataclasses.asdict(ctx.train_cfg),
+              "provenance": common.record(ctx, t0, pipeline="advtrain_controls")}
+    storage.publish(ctx.out, "adversarial_training_controls.json", "adversarial_training_controls.md", result, render)
+    main_json = ctx.out / "adversarial_training.json"
+    if main_json.exists():  # the pools' report shows the controls beside them
+        merged = {**json.loads(main_json.read_text()), "controls": result["controls"],
+                  "controls_provenance": result["provenance"]}
+        storage.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", merged, pools.render)
+    return result
+
+
+def summary(rs: list[dict]) -> dict:
+    """A control's runs as the report reads them: per-seed numbers and their mean and spread."""
+    te = [r["test_error"] for r in rs]
+    return {"seeds": [r["seed"] for r in rs], "setting": rs[0]["setting"], "test_errors": te,
+            "train_errors": [r["train_error"] for r in rs], "distortions": [r["attack"]["mean_distortion"] for r in rs],
+            "test_error_mean": sum(te) / len(te), "test_error_min": min(te), "test_error_max": max(te),
+            "wall_s_mean": sum(r["wall_s"] for r in rs) / len(rs)}
+
+
+def render(result: dict) -> str:
+    return ("## Positive controls for adversarial training\n\n"
+            f"{result['model']}, {result['epochs']} epoch(s), the baseline's optimiser and weight decay for every run; "
+            f"each strength with {result['study_seeds']} seed(s) (study), the best of each kind with {len(result['seeds'])}. "
+            "Perturbed images are clipped to [0, 1].\n\n### Study\n\n" + verdicts.controls_table(result["study"])
+            + f"\n### Each kind's best, {len(result['seeds'])} seeds\n\n"
+            + verdicts.controls_table(result["controls"]) + "\n"
+            + verdicts.bullets([verdicts.controls_beat_baseline(result["controls"], BASELINE)]) + "\n\n"
+            + report.provenance_line(result["provenance"]) + "\n")
+
+
+def main(argv=None):
+    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    mnist = common.setup(args)
+    run(common.Context(args.workdir, args.results, args.seed), mnist)
+
+
+if __name__ == "__main__":
+    main()

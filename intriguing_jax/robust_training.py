@@ -1,0 +1,137 @@
+"""Known-good training recipes that make a net harder to fool: the positive controls of adversarial training.
+
+Each is a training loss for ``train.fit_population`` (hashable, so a population compiles once), with its
+strength a per-member number read from the member's settings, so that several strengths and seeds
+train as one population:
+
+- ``FGSMLoss``: α·CE(x) + (1 − α)·CE(x + ε·sign ∇ₓCE(x)), examples made fresh for every minibatch (member
+  setting ``epsilon``; Goodfellow, Shlens & Szegedy 2015, "Explaining and harnessing adversarial
+  examples", Sec. 6: α = 0.5, ε = 0.25 on MNIST).
+- ``L2AdversarialLoss``: the same with the L2 step x + ε·∇ₓCE/‖∇ₓCE‖₂ (``epsilon`` in L2 over 784 pixels).
+- ``VATLoss``: CE(x) + α·KL(p(·|x) ‖ p(·|x + r_adv)), r_adv of L2 norm ε found by one power iteration from a
+  random direction (``epsilon``; Miyato et al. 2018, "Virtual adversarial training", ε ≈ 2 on MNIST).
+- ``DropoutLoss``: the MLP's cross-entropy with inverted dropout on its input and hidden units (member
+  settings ``dropout_input``, ``dropout_hidden``; Hinton et al. 2012, Srivastava et al. 2014: 0.2 / 0.5).
+
+Perturbed images are clipped to [0, 1] (valid images; the papers did not clip). Every loss adds the
+model spec's per-layer weight decay, as ``train.ClassifierLoss`` does, so a control differs from the
+baseline only in what it adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from intriguing_jax import train
+from intriguing_jax.models import Model
+
+
+def _ce(model: Model, p, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+
+
+def _decay(model: Model, p, decay: str, member) -> jax.Array:
+    return member["decay_scale"] * train.weight_decay(p, model.spec.weight_decay, decay)
+
+
+def _input_gradient(model: Model, p, x, y):
+    """∇ₓ of the summed cross-entropy (per example), held constant for the training gradient."""
+    return jax.lax.stop_gradient(jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(
+        model.apply(p, z), y).sum())(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class FGSMLoss:
+    """α·CE(x) + (1 − α)·CE(clip(x + ε·sign ∇ₓCE)) + weight decay; ε = the member's ``epsilon``."""
+
+    model: Model
+    decay: str = train.TrainConfig.decay
+    alpha: float = 0.5
+
+    def __call__(self, p, batch, member, key):
+        x, y = batch
+        x_adv = jnp.clip(x + member["epsilon"] * jnp.sign(_input_gradient(self.model, p, x, y)), 0.0, 1.0)
+        return (self.alpha * _ce(self.model, p, x, y) + (1 - self.alpha) * _ce(self.model, p, x_adv, y)
+                + _decay(self.model, p, self.decay, member))
+
+
+@dataclasses.dataclass(frozen=True)
+class L2AdversarialLoss:
+    """α·CE(x) + (1 − α)·CE(clip(x + ε·g/‖g‖₂)) + weight decay, g = ∇ₓCE; ε = the member's ``epsilon``."""
+
+    model: Model
+    decay: str = train.TrainConfig.decay
+    alpha: float = 0.5
+
+    def __call__(self, p, batch, member, key):
+        x, y = batch
+        g = _input_gradient(self.model, p, x, y)
+        g = g / jnp.maximum(jnp.linalg.norm(g.reshape(len(g), -1), axis=1), 1e-12).reshape((-1,) + (1,) * (g.ndim - 1))
+        x_adv = jnp.clip(x + member["epsilon"] * g, 0.0, 1.0)
+        return (self.alpha * _ce(self.model, p, x, y) + (1 - self.alpha) * _ce(self.model, p, x_adv, y)
+                + _decay(self.model, p, self.decay, member))
+
+
+def _kl(logits_p, logits_q):
+    """Mean KL(p ‖ q) of two batches of logits."""
+    lp, lq = jax.nn.log_softmax(logits_p), jax.nn.log_softmax(logits_q)
+    return jnp.sum(jnp.exp(lp) * (lp - lq), axis=-1).mean()
+
+
+def _unit(v):
+    flat = v.reshape(len(v), -1)
+    return v / jnp.maximum(jnp.linalg.norm(flat, axis=1), 1e-12).reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class VATLoss:
+    """CE(x) + α·KL(p(x) ‖ p(x + r_adv)) + weight decay, ‖r_adv‖₂ = ε (the member's ``epsilon``), r_adv by
+    ``power_iterations`` steps from a random direction (finite difference ξ)."""
+
+    model: Model
+    decay: str = train.TrainConfig.decay
+    alpha: float = 1.0
+    xi: float = 1e-6
+    power_iterations: int = 1
+
+    def __call__(self, p, batch, member, key):
+        x, y = batch
+        logits = self.model.apply(p, x)
+        target = jax.lax.stop_gradient(logits)
+        d = _unit(jax.random.normal(key, x.shape, x.dtype))
+        for _ in range(self.power_iterations):
+            d = _unit(jax.grad(lambda r: _kl(target, self.model.apply(p, x + r)))(self.xi * d))
+        r_adv = jax.lax.stop_gradient(member["epsilon"] * d)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return ce + self.alpha * _kl(target, self.model.apply(p, jnp.clip(x + r_adv, 0.0, 1.0))) + _decay(
+            self.model, p, self.decay, member)
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutLoss:
+    """Cross-entropy of the MLP with inverted dropout (keep-probability 1 − rate) on its input
+    (``dropout_input``) and on each hidden layer's output (``dropout_hidden``) + weight decay. Registry MLPs
+    only (dense layers ``dense_0 .. dense_L``); evaluation uses the plain model, as trained weights need no
+    rescaling."""
+
+    model: Model
+    decay: str = train.TrainConfig.decay
+
+    def __call__(self, p, batch, member, key):
+        x, y = batch
+        act = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}[getattr(self.model.spec.module, "activation", "sigmoid")]
+        layers = sorted((k for k in p["params"] if k.startswith("dense_")), key=lambda k: int(k.split("_")[1]))
+
+        def drop(h, rate, k):
+            keep = jax.random.bernoulli(k, 1.0 - rate, h.shape)
+            return jnp.where(keep, h / (1.0 - rate), 0.0)
+        h = drop(x.reshape(len(x), -1), member["dropout_input"], jax.random.fold_in(key, 0))
+        for i, name in enumerate(layers):
+            h = h @ p["params"][name]["kernel"] + p["params"][name]["bias"]
+            if i < len(layers) - 1:
+                h = drop(act(h), member["dropout_hidden"], jax.random.fold_in(key, i + 1))
+        return optax.softmax_cross_entropy_with_integer_labels(h, y).mean() + _decay(self.model, p, self.decay, member)

@@ -1,0 +1,45 @@
+"""The positive controls' losses: each reduces to the plain loss at strength 0 and trains in a population."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from intriguing_jax import data, models, train
+from intriguing_jax import robust_training as rt
+from tests.conftest import synthetic_mnist
+
+MNIST = data._to_mnist(synthetic_mnist(n_train=256, n_test=64), "synthetic")
+MODEL = models.build("FC100-100-10")
+PARAMS = MODEL.init(jax.random.key(0))
+BATCH = (jnp.asarray(MNIST.train.images[:32]), jnp.asarray(MNIST.train.labels[:32]))
+
+
+def _member(**kw):
+    return {"decay_scale": 1.0, "learning_rate": 1.0, "epsilon": 0.0, "dropout_input": 0.0, "dropout_hidden": 0.0, **kw}
+
+
+@pytest.mark.parametrize("loss", [rt.FGSMLoss(MODEL), rt.L2AdversarialLoss(MODEL), rt.VATLoss(MODEL), rt.DropoutLoss(MODEL)])
+def test_every_control_is_the_plain_loss_at_strength_zero(loss):
+    plain = train.ClassifierLoss(MODEL, train.TrainConfig.decay)(PARAMS, BATCH, None, jax.random.key(1))
+    np.testing.assert_allclose(float(loss(PARAMS, BATCH, _member(), jax.random.key(1))), float(plain), rtol=1e-5)
+
+
+def test_adversarial_examples_raise_the_loss_and_dropout_is_random():
+    plain = float(rt.FGSMLoss(MODEL)(PARAMS, BATCH, _member(), jax.random.key(1)))
+    assert float(rt.FGSMLoss(MODEL)(PARAMS, BATCH, _member(epsilon=0.25), jax.random.key(1))) > plain
+    assert float(rt.L2AdversarialLoss(MODEL)(PARAMS, BATCH, _member(epsilon=2.0), jax.random.key(1))) > plain
+    assert float(rt.VATLoss(MODEL)(PARAMS, BATCH, _member(epsilon=2.0), jax.random.key(1))) > plain
+    drop = rt.DropoutLoss(MODEL)
+    assert float(drop(PARAMS, BATCH, _member(dropout_hidden=0.5), jax.random.key(1))) != float(
+        drop(PARAMS, BATCH, _member(dropout_hidden=0.5), jax.random.key(2)))
+
+
+def test_a_population_of_strengths_trains_each_member_with_its_own():
+    keys = jnp.stack([jax.random.key(0)] * 2)
+    cfg = train.TrainConfig(epochs=1, batch_size=64)
+    pop, hist = train.fit_population(MODEL, MNIST.train, keys, cfg, loss=rt.FGSMLoss(MODEL), settings={"epsilon": [0.0, 0.3]})
+    plain, _ = train.fit_population(MODEL, MNIST.train, keys[:1], cfg)
+    for a, b in zip(jax.tree.leaves(train.member(pop, 0)), jax.tree.leaves(train.member(plain, 0))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # ε = 0: the plain run
+    assert hist[0][1] > hist[0][0]  # the ε = 0.3 member's loss includes its harder examples
