@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 
 from intriguing_jax import (  # noqa: E402
     adversarial_training,
+    advtrain_runs,
     attacks,
+    bounds,
     compile_cache,
     data,
     exact,
@@ -17,6 +19,7 @@ from intriguing_jax import (  # noqa: E402
     models,
     noise,
     refine,
+    robust_training,
     spectral,
     storage,
     sweep,
@@ -38,18 +41,18 @@ from intriguing_jax.attacks import (  # noqa: E402
 from intriguing_jax.data import load_mnist  # noqa: E402
 from intriguing_jax.models import build  # noqa: E402
 from intriguing_jax.noise import gaussian_noise, matched_noise  # noqa: E402
-from intriguing_jax.train import TrainConfig, fit  # noqa: E402
+from intriguing_jax.train import TrainConfig, fit, fit_population  # noqa: E402
 from intriguing_jax.zoo import trained  # noqa: E402
 
 __all__ = [
     # modules
-    "adversarial_training", "attacks", "compile_cache", "data", "exact", "lbfgsb", "models", "noise", "refine",
-    "spectral", "storage", "sweep", "train", "transfer", "units", "verdicts", "zoo",
+    "adversarial_training", "advtrain_runs", "attacks", "bounds", "compile_cache", "data", "exact", "lbfgsb", "models",
+    "noise", "refine", "robust_training", "spectral", "storage", "sweep", "train", "transfer", "units", "verdicts", "zoo",
     # the attack
     "AttackConfig", "AttackResult", "attack_in_chunks", "distortion", "lbfgs_attack", "lbfgs_attack_untargeted",
     "random_wrong_targets",
     # data, models, training
-    "TrainConfig", "build", "fit", "load_mnist", "trained",
+    "TrainConfig", "build", "fit", "fit_population", "load_mnist", "trained",
     # the paper's controls
     "gaussian_noise", "matched_noise",
     "__version__",

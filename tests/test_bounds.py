@@ -1,0 +1,158 @@
+"""Certified radii are sound (never above the exact minimum or an adversarial example found) and ordered."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from jax.tree_util import Partial
+
+from intriguing_jax import attacks, bounds, models
+
+
+class Tiny(nn.Module):
+    width: int = 6
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        act = {"relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": nn.tanh}[self.activation]
+        hidden = act(nn.Dense(self.width, name="hidden")(x))
+        return nn.Dense(3, name="out")(hidden)
+
+
+def _tiny(seed, activation="relu", dim=4):
+    net = Tiny(activation=activation)
+    params = net.init(jax.random.key(seed), jnp.zeros((1, dim)))
+    params = jax.tree.map(lambda a: 3 * a, params)  # sharper, so radii are well inside the box
+    return Partial(net.apply, params), params
+
+
+def _exact_linf(params, x, y):
+    """The exact minimum L∞ perturbation (inside [0, 1]) that makes some class j ≠ y reach y's logit, for a
+    one-hidden-layer ReLU net: a big-M MILP per j (scipy.optimize.milp, HiGHS)."""
+    w1, b1 = (np.asarray(params["params"]["hidden"][k], np.float64) for k in ("kernel", "bias"))
+    w2, b2 = (np.asarray(params["params"]["out"][k], np.float64) for k in ("kernel", "bias"))
+    d, h = w1.shape
+    # pre-activation bounds over the whole box (valid for any perturbation that stays in it)
+    lo = b1 + np.minimum(w1, 0).sum(0)
+    hi = b1 + np.maximum(w1, 0).sum(0)
+    best = np.inf
+    for j in range(w2.shape[1]):
+        if j == y:
+            continue
+        # variables: x' (d), a (h), s (h binary), t (1)
+        n = d + 2 * h + 1
+        c = np.zeros(n)
+        c[-1] = 1.0
+        rows, lb, ub = [], [], []
+
+        def row(coefs, low, high):
+            r = np.zeros(n)
+            for idx, v in coefs:
+                r[idx] += v
+            rows.append(r)
+            lb.append(low)
+            ub.append(high)
+        for i in range(d):  # |x'_i − x_i| ≤ t
+            row([(i, 1.0), (n - 1, -1.0)], -np.inf, x[i])
+            row([(i, 1.0), (n - 1, 1.0)], x[i], np.inf)
+        for k in range(h):  # a = relu(w1ᵀx' + b1), big-M with the box bounds
+            z = [(i, w1[i, k]) for i in range(d)]
+            row(z + [(d + k, -1.0)], -np.inf, -b1[k])  # a ≥ z
+            row(z + [(d + k, -1.0), (d + h + k, -lo[k])], -lo[k] - b1[k], np.inf)  # a ≤ z − lo(1 − s)
+            row([(d + k, 1.0), (d + h + k, -max(hi[k], 0.0))], -np.inf, 0.0)  # a ≤ hi·s
+        row([(d + k, w2[k, j] - w2[k, y]) for k in range(h)], b2[y] - b2[j], np.inf)  # z_j ≥ z_y
+        bounds_ = scipy.optimize.Bounds(np.r_[np.zeros(d), np.zeros(h), np.zeros(h), 0.0],
+                                        np.r_[np.ones(d), np.full(h, np.inf), np.ones(h), np.inf])
+        integrality = np.r_[np.zeros(d + h), np.ones(h), 0]
+        res = scipy.optimize.milp(c, constraints=scipy.optimize.LinearConstraint(np.array(rows), lb, ub),
+                                  integrality=integrality, bounds=bounds_)
+        if res.status == 0:
+            best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linf_radius_never_exceeds_the_exact_minimum_of_a_relu_net(seed):
+    fn, params = _tiny(seed)
+    xs = np.random.default_rng(seed).uniform(0.3, 0.7, (4, 4))
+    ys = np.asarray(jnp.argmax(fn(jnp.asarray(xs, jnp.float32)), -1))
+    crown = bounds.certified_radius(fn, xs, ys, norm=np.inf, method="crown", tol=1e-4)
+    ibp = bounds.certified_radius(fn, xs, ys, norm=np.inf, method="ibp", tol=1e-4)
+    for x, y, c, i in zip(xs, ys, crown, ibp):
+        exact = _exact_linf(params, x, int(y))
+        assert i <= c * (1 + 1e-3) + 1e-6 <= exact * (1 + 1e-3) + 1e-6, (i, c, exact)
+        assert np.isfinite(exact) and c > 0  # a real comparison, and the bound is not vacuous
+
+
+def test_crown_is_the_exact_l2_minimum_of_a_linear_model():
+    model = models.build("FC10(1e-4)")
+    params = jax.tree.map(lambda a: a * 30, model.init(jax.random.key(0)))
+    fn = Partial(model.apply, params)
+    xs = np.random.default_rng(0).uniform(0.3, 0.7, (3, 784))
+    ys = np.asarray(jnp.argmax(fn(jnp.asarray(xs, jnp.float32)), -1))
+    w, b = (np.asarray(params["params"]["dense_0"][k], np.float64) for k in ("kernel", "bias"))
+    r = bounds.certified_radius(fn, xs, ys, norm=2, method="crown", tol=1e-5)
+    for x, y, got in zip(xs, ys, r):
+        z = x @ w + b
+        exact = min((z[y] - z[j]) / np.linalg.norm(w[:, y] - w[:, j]) for j in range(10) if j != y)  # no box
+        assert got == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_no_adversarial_example_inside_a_certified_ball(activation):
+    fn, _ = _tiny(3, activation)
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(0.2, 0.8, (6, 4))
+    ys = np.asarray(jnp.argmax(fn(jnp.asarray(xs, jnp.float32)), -1))
+    for norm in (2, np.inf):
+        crown = bounds.certified_radius(fn, xs, ys, norm=norm, method="crown")
+        ibp = bounds.certified_radius(fn, xs, ys, norm=norm, method="ibp")
+        assert np.all(ibp <= crown * (1 + 1e-3) + 1e-9)  # CROWN at least as tight on these nets
+        for x, y, r in zip(xs, ys, crown):
+            if r == 0:
+                continue
+            d = rng.normal(size=(20000, 4))
+            d = d / (np.linalg.norm(d, axis=1, keepdims=True) if norm == 2 else np.abs(d).max(1, keepdims=True))
+            pts = np.clip(x + r * rng.uniform(0, 1, (20000, 1)) ** 0.25 * d, 0, 1)
+            pred = np.asarray(jnp.argmax(fn(jnp.asarray(pts, jnp.float32)), -1))
+            assert np.all(pred == y)
+    # and every example our attack finds lies outside the L2 ball
+    r = bounds.certified_radius(fn, xs, ys, norm=2, method="crown")
+    targets = (ys + 1) % 3
+    res = attacks.lbfgs_attack(fn, jnp.asarray(xs, jnp.float32), jnp.asarray(targets, jnp.int32))
+    found = np.asarray(res.l2)[np.asarray(res.success)]
+    assert np.all(found >= r[np.asarray(res.success)] * (1 - 1e-4))
+
+
+def test_unsupported_primitives_are_named():
+    model = models.build("ConvNet")
+    fn = Partial(model.apply, model.init(jax.random.key(0)))
+    with pytest.raises(bounds.Unsupported, match="reduce_window_max"):
+        bounds.certified_radius(fn, np.full((1, 784), 0.5), [0], method="crown")
+    assert bounds.certified_radius(fn, np.full((1, 784), 0.5), [int(jnp.argmax(fn(jnp.full((1, 784), 0.5))))],
+                                   method="ibp", norm=np.inf)[0] > 0  # intervals bound max-pooling
+    with pytest.raises(bounds.Unsupported, match="sin"):
+        bounds.certified_radius(lambda x: jnp.sin(x[:, :3]), np.full((1, 4), 0.5), [0])
+    with pytest.raises(ValueError, match="method"):
+        bounds.certified_radius(fn, np.full((1, 784), 0.5), [0], method="milp")
+
+
+def test_the_sandwich_and_its_verdict():
+    from intriguing_jax import verdicts
+    fn, _ = _tiny(4, "relu")  # (seed 4: class pred + 1 is reachable inside the box for these points)
+    xs = np.random.default_rng(2).uniform(0.2, 0.8, (5, 4)).astype(np.float32)
+    pred = np.asarray(jnp.argmax(fn(jnp.asarray(xs)), -1))
+    res = attacks.lbfgs_attack(fn, jnp.asarray(xs), jnp.asarray((pred + 1) % 3, jnp.int32))
+    s = bounds.sandwich(fn, xs, res)
+    assert s["compared"] == int(np.asarray(res.success).sum()) and s["violations"] == 0 and s["ratio_min"] >= 1 - 1e-4
+    assert s["mean_untargeted_certified_l2"] <= s["mean_certified_l2"] + 1e-12  # every class vs one class
+    rows = {"FC100-100-10": {**s, "ratio_median": 2.5}, "FC10(1e-4)": {**s, "ratio_median": 9.0}}
+    assert verdicts.bound_propagation_tight(rows).holds  # the linear model's ratio is not the rule's
+    rows["FC100-100-10"]["ratio_median"] = 3.5
+    assert not verdicts.bound_propagation_tight(rows).holds
+    md = verdicts.bound_propagation_section({"FC100-100-10": {"ratio_median": 8.0,
+                                                              "bound_propagation": {"crown": rows["FC100-100-10"]}}}, 5)
+    assert "| FC100-100-10 | " in md and "does not hold" in md
