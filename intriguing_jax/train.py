@@ -485,8 +485,9 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
         tx = optimizer(cfg, steps, resolved.learning_rate, model.spec.frozen)
     else:
         tx = optimizer(cfg, steps, 1.0, model.spec.frozen)  # a unit peak: each member's rate scales its updates
-    template = jax.tree.map(lambda *a: jnp.stack(a), *[initial_params(model, k[0], cfg) for k in split[:1]] * members)
-    state, history, start = _resume(checkpoint_path, template, tx)
+    shapes = jax.eval_shape(lambda: initial_params(model, split[0][0], cfg))  # a member's, nothing computed
+    state, history, start = _resume(checkpoint_path, jax.tree.map(
+        lambda a: jnp.zeros((members,) + a.shape, a.dtype), shapes), tx)
     if state is None:
         params = [initial_params(model, k[0], cfg) for k in split]
         if model.spec.autoencoder is not None:
