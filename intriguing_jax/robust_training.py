@@ -52,28 +52,22 @@ class FGSMLoss:
     decay: str = train.TrainConfig.decay
     alpha: float = 0.5
 
+    def step(self, g):
+        return jnp.sign(g)
+
     def __call__(self, p, batch, member, key):
         x, y = batch
-        x_adv = jnp.clip(x + member["epsilon"] * jnp.sign(_input_gradient(self.model, p, x, y)), 0.0, 1.0)
+        x_adv = jnp.clip(x + member["epsilon"] * self.step(_input_gradient(self.model, p, x, y)), 0.0, 1.0)
         return (self.alpha * _ce(self.model, p, x, y) + (1 - self.alpha) * _ce(self.model, p, x_adv, y)
                 + _decay(self.model, p, self.decay, member))
 
 
 @dataclasses.dataclass(frozen=True)
-class L2AdversarialLoss:
+class L2AdversarialLoss(FGSMLoss):
     """α·CE(x) + (1 − α)·CE(clip(x + ε·g/‖g‖₂)) + weight decay, g = ∇ₓCE; ε = the member's ``epsilon``."""
 
-    model: Model
-    decay: str = train.TrainConfig.decay
-    alpha: float = 0.5
-
-    def __call__(self, p, batch, member, key):
-        x, y = batch
-        g = _input_gradient(self.model, p, x, y)
-        g = g / jnp.maximum(jnp.linalg.norm(g.reshape(len(g), -1), axis=1), 1e-12).reshape((-1,) + (1,) * (g.ndim - 1))
-        x_adv = jnp.clip(x + member["epsilon"] * g, 0.0, 1.0)
-        return (self.alpha * _ce(self.model, p, x, y) + (1 - self.alpha) * _ce(self.model, p, x_adv, y)
-                + _decay(self.model, p, self.decay, member))
+    def step(self, g):
+        return _unit(g)
 
 
 def _kl(logits_p, logits_q):
