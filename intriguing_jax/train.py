@@ -485,9 +485,8 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
         tx = optimizer(cfg, steps, resolved.learning_rate, model.spec.frozen)
     else:
         tx = optimizer(cfg, steps, 1.0, model.spec.frozen)  # a unit peak: each member's rate scales its updates
-    shapes = jax.eval_shape(lambda: initial_params(model, split[0][0], cfg))  # a member's, nothing computed
-    state, history, start = _resume(checkpoint_path, jax.tree.map(
-        lambda a: jnp.zeros((members,) + a.shape, a.dtype), shapes), tx)
+    state, history, start = _resume(checkpoint_path, lambda: jax.tree.map(  # the shapes, for a checkpoint
+        lambda a: jnp.zeros((members,) + a.shape, a.dtype), initial_params(model, split[0][0], cfg)), tx)
     if state is None:
         params = [initial_params(model, k[0], cfg) for k in split]
         if model.spec.autoencoder is not None:
@@ -533,11 +532,13 @@ def _per_member(values, default: float, members: int) -> jax.Array:
     return v
 
 
-def _resume(path, params_template, tx) -> tuple[TrainState | None, list, int]:
-    """``(state, history, next epoch)`` from a training checkpoint at ``path``, or ``(None, [], 0)``."""
+def _resume(path, params_template: Callable, tx) -> tuple[TrainState | None, list, int]:
+    """``(state, history, next epoch)`` from a training checkpoint at ``path``, or ``(None, [], 0)``;
+    ``params_template()`` gives the population's parameter shapes (called only if there is a checkpoint)."""
     if path is None or not pathlib.Path(path).exists():
         return None, [], 0
-    template = {"params": params_template, "opt_state": jax.vmap(tx.init)(params_template)}
+    params = params_template()
+    template = {"params": params, "opt_state": jax.vmap(tx.init)(params)}
     try:
         saved, meta = checkpoint.load(path, template)
     except checkpoint.CheckpointError as e:
