@@ -57,6 +57,7 @@ class AdvTrainConfig:
     max_distortion: float | None = None  # drop points farther than this (RMS in the layer's space)
     initial_fill: bool = False  # fill every pool from the initial weights at step 0 (the old scheme)
     target: str = "random"  # "random" wrong class, or "runner_up": the current net's likeliest wrong class
+    overshoot: float = 1.0  # > 1: each kept point moved this far along its perturbation, past the boundary
     # a short search from c = 1 (bracket by 10, then the log-midpoint; history 10): pools are many and
     # need not be minimal
     attack: attacks.AttackConfig = attacks.AttackConfig(c_steps=3, maxiter=20, c_init=1.0, c_factor=10.0,
@@ -73,6 +74,8 @@ class AdvTrainConfig:
             raise ValueError("need 0 < refresh_count <= pool_size, pool_batch > 0, refresh_every > 0")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not self.overshoot >= 1:
+            raise ValueError(f"overshoot must be >= 1 (1: the attack's point), got {self.overshoot}")
         if self.max_distortion is not None and not self.max_distortion > 0:
             raise ValueError(f"max_distortion must be positive or None, got {self.max_distortion}")
 
@@ -135,10 +138,12 @@ def runner_up(logits: jax.Array, labels) -> jax.Array:
 
 def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks.AttackConfig, *,
              keep_failed: bool = False, max_distortion: float | None = None,
-             target: str = "random") -> tuple[Pool, PoolStats]:
+             target: str = "random", overshoot: float = 1.0) -> tuple[Pool, PoolStats]:
     """Adversarial points in layer ``layer``'s space: the layer's outputs for ``images``, attacked through
     the layers above toward wrong targets (box [0, 1]: pixels, or sigmoid outputs): random ones, or with
-    ``target="runner_up"`` each image's likeliest wrong class under ``params``.
+    ``target="runner_up"`` each image's likeliest wrong class under ``params``. ``overshoot`` > 1 moves
+    each point that far along its perturbation, past the decision boundary (clipped to the box), as the
+    paper's fixed-c examples lay past it; ``max_distortion`` applies to the point as found.
 
     Returns:
       ``(pool, stats)``: one slot per image, ``valid`` where the attack succeeded (always, with
@@ -155,7 +160,8 @@ def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks
     ok = np.asarray(res.success)
     stats = PoolStats(float(ok.mean()), float(np.mean(np.asarray(valid))),
                       float(np.asarray(res.distortion)[ok].mean()) if ok.any() else float("nan"))
-    return Pool(jnp.asarray(res.adversarial), jnp.asarray(labels, jnp.int32), jnp.asarray(valid)), stats
+    points = jnp.clip(h + overshoot * (jnp.asarray(res.adversarial) - h), 0.0, 1.0) if overshoot != 1 else res.adversarial
+    return Pool(jnp.asarray(points), jnp.asarray(labels, jnp.int32), jnp.asarray(valid)), stats
 
 
 def replace(pool: Pool, fresh: Pool, key) -> Pool:
@@ -181,7 +187,8 @@ def _fresh(model, params, adv: "AdvTrainConfig", split, key, n) -> tuple[tuple[P
         kk = jax.random.fold_in(key, i)
         x, y = _random_images(split, jax.random.fold_in(kk, 0), n)
         pool, st = generate(model, params, k, x, y, jax.random.fold_in(kk, 1), adv.attack,
-                            keep_failed=adv.keep_failed, max_distortion=adv.max_distortion, target=adv.target)
+                            keep_failed=adv.keep_failed, max_distortion=adv.max_distortion, target=adv.target,
+                            overshoot=adv.overshoot)
         pools.append(pool)
         stats.append(st)
     return tuple(pools), tuple(stats)

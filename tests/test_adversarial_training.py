@@ -42,6 +42,12 @@ def test_generate_keeps_only_successful_attacks_unless_asked(tiny_mnist, key):
     near = np.asarray(attacks.distortion(x, capped.points)) <= 1e-4
     assert 0 < near.sum() < len(near)
     np.testing.assert_array_equal(np.asarray(capped.valid), near)
+    far, _ = at.generate(TINY, params, 0, x, y, key, weak, overshoot=2.0)  # past the boundary, in the box
+    r, r_far = np.asarray(pool.points) - x, np.asarray(far.points) - x
+    np.testing.assert_allclose(r_far, np.clip(x + 2 * r, 0, 1) - x, atol=1e-6)
+    assert np.abs(r_far).sum() > np.abs(r).sum()
+    with pytest.raises(ValueError, match="overshoot"):
+        at.AdvTrainConfig(overshoot=0.5)
 
 
 @pytest.mark.parametrize("layer,width", [(0, 784), (1, 8), (2, 6)])
