@@ -31,7 +31,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def setup(args) -> data.MNIST:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING), logging.getLogger("jax._src").setLevel(logging.WARNING)
+    for noisy in ("absl", "jax._src"): logging.getLogger(noisy).setLevel(logging.WARNING)  # noqa: E701
     if not args.no_compile_cache:
         path = compile_cache.enable(compile_cache.default_dir(args.workdir))
         logging.getLogger(__name__).info("persistent compilation cache: %s", path)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from intriguing_jax import paper
-from intriguing_jax.report import pct
+from intriguing_jax.report import pct, table
 
 
 class Verdict(NamedTuple):
@@ -434,8 +434,7 @@ def controls_table(controls: dict) -> str:
              f"{pct(max(c['test_errors']))})", pct(mean(c["train_errors"])),
              "–" if mean(c["distortions"]) is None else f"{mean(c['distortions']):.4f}"] for n, c in controls.items()]
     head = ["Method", "Seeds", "Test error, mean (range)", "Train error", "Av. min. distortion"]
-    return "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join(
-        "| " + " | ".join(r) + " |\n" for r in rows)
+    return table(head, rows)
 
 
 def controls_beat_baseline(controls: dict, baseline: str = "weight decay only") -> Verdict | None:
@@ -494,6 +493,5 @@ def bound_propagation_section(sandwich: dict, images: int) -> str:
     return ("\n### Certified by bound propagation (CROWN) vs distortion found\n\n"
             f"The first {images} of those images: the largest L2 radius CROWN proves (bisection to 0.1%) around the "
             "prediction, for the attack's target class (targeted) and for every other class (untargeted).\n\n"
-            + "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
-            + "".join("| " + " | ".join(r) + " |\n" for r in body)
+            + table(head, body)
             + "\n" + bullets([bound_propagation_tight(rows)]) + "\n")
