@@ -149,19 +149,41 @@ def generate(model: Model, params, layer: int, images, labels, key, cfg: attacks
       ``(pool, stats)``: one slot per image, ``valid`` where the attack succeeded (always, with
       ``keep_failed``) and its distortion is at most ``max_distortion``; ``stats`` of the attack.
     """
-    h = layer_inputs(model, params, images, layer)
-    above = Partial(_Above(model.from_layer, layer), params)
-    targets = (runner_up(above(h), labels) if target == "runner_up"
-               else attacks.random_wrong_targets(key, labels))
-    res = attacks.lbfgs_attack(above, h, targets, config=cfg)
-    valid = jnp.ones_like(res.success) if keep_failed else res.success
-    if max_distortion is not None:
-        valid = valid & (res.distortion <= max_distortion)
-    ok = np.asarray(res.success)
-    stats = PoolStats(float(ok.mean()), float(np.mean(np.asarray(valid))),
-                      float(np.asarray(res.distortion)[ok].mean()) if ok.any() else float("nan"))
-    points = jnp.clip(h + overshoot * (jnp.asarray(res.adversarial) - h), 0.0, 1.0) if overshoot != 1 else res.adversarial
-    return Pool(jnp.asarray(points), jnp.asarray(labels, jnp.int32), jnp.asarray(valid)), stats
+    pool, stats = generate_each(model, jax.tree.map(lambda a: jnp.asarray(a)[None], params), layer,
+                                jnp.asarray(images)[None], jnp.asarray(labels)[None], jnp.asarray(key)[None], cfg,
+                                keep_failed=keep_failed, target=target, max_distortion=[max_distortion],
+                                overshoot=[overshoot])
+    return train.member(pool, 0), PoolStats(*(float(v[0]) for v in stats))
+
+
+def generate_each(model: Model, params, layer: int, images, labels, keys, cfg: attacks.AttackConfig, *,
+                  keep_failed: bool = False, target: str = "random", max_distortion=None,
+                  overshoot=None) -> tuple[Pool, PoolStats]:
+    """``generate`` for M members at once — one attack call, vmapped over the members' weights — with
+    ``params``, ``images [M, R, ...]``, ``labels [M, R]`` and ``keys [M]`` per member, and per member
+    ``max_distortion`` (None entries: no cap) and ``overshoot`` (None: 1). Returns pools and stats with a
+    leading member axis."""
+    m = len(keys)
+    cap = jnp.asarray([np.inf if v is None else v for v in (max_distortion or [None] * m)], jnp.float32)
+    over = jnp.asarray(overshoot if overshoot is not None else np.ones(m), jnp.float32)
+    pool, stats = _generate_each(params, jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32), keys, cap,
+                                 over, model=model, layer=layer, cfg=cfg, keep_failed=keep_failed, target=target)
+    return pool, PoolStats(*(np.asarray(v) for v in stats))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "layer", "cfg", "keep_failed", "target"))
+def _generate_each(params, images, labels, keys, cap, overshoot, *, model, layer, cfg, keep_failed, target):
+    def one(p, x, y, key, cap, over):
+        h = x if layer == 0 else model.activations(p, x)[layer - 1]
+        above = Partial(_Above(model.from_layer, layer), p)
+        targets = runner_up(above(h), y) if target == "runner_up" else attacks.random_wrong_targets(key, y)
+        res = attacks.lbfgs_attack(above, h, targets, config=cfg)
+        valid = (jnp.ones_like(res.success) if keep_failed else res.success) & (res.distortion <= cap)
+        points = jnp.where(over == 1, res.adversarial, jnp.clip(h + over * (res.adversarial - h), 0.0, 1.0))
+        n_ok = jnp.sum(res.success)
+        dist = jnp.where(n_ok > 0, jnp.sum(jnp.where(res.success, res.distortion, 0.0)) / jnp.maximum(n_ok, 1), jnp.nan)
+        return Pool(points, y, valid), (jnp.mean(res.success), jnp.mean(valid), dist)
+    return jax.vmap(one)(params, images, labels, keys, cap, overshoot)
 
 
 def replace(pool: Pool, fresh: Pool, key) -> Pool:
@@ -194,6 +216,30 @@ def _fresh(model, params, adv: "AdvTrainConfig", split, key, n) -> tuple[tuple[P
     return tuple(pools), tuple(stats)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _choose_each(keys, n: int, count: int):
+    return jax.vmap(lambda k: jax.random.choice(k, n, (count,), replace=False))(keys)
+
+
+_replace_each = jax.jit(jax.vmap(replace))
+
+
+def _fresh_each(model, params, adv: "AdvTrainConfig", split, keys, n, member: dict):
+    """``_fresh`` for every member of a population (one attack call per pool layer), with the members'
+    ``overshoot`` and ``max_distortion`` (inf: none) from ``member``."""
+    pools, stats = [], []
+    cap = [None if not np.isfinite(v) else float(v) for v in np.asarray(member["max_distortion"])]
+    for i, k in enumerate(adv.layers):
+        kk = train._fold_each(keys, i)
+        idx = np.asarray(_choose_each(train._fold_each(kk, 0), len(split), n))
+        pool, st = generate_each(model, params, k, split.images[idx], split.labels[idx], train._fold_each(kk, 1),
+                                 adv.attack, keep_failed=adv.keep_failed, target=adv.target, max_distortion=cap,
+                                 overshoot=member["overshoot"])
+        pools.append(pool)
+        stats.append(st)
+    return tuple(pools), tuple(stats)
+
+
 def _empty_pools(model, params, adv: "AdvTrainConfig") -> tuple[Pool, ...]:
     x = jnp.zeros((1, NUM_PIXELS), jnp.float32)
     return tuple(empty_pool(adv.pool_size, layer_inputs(model, params, x, k).shape[1]) for k in adv.layers)
@@ -204,45 +250,67 @@ def _state_template(model, tx, adv: AdvTrainConfig, key):
     return {"params": params, "opt_state": tx.init(params), "pools": _empty_pools(model, params, adv)}
 
 
+def split_epoch_keys(key, epoch):
+    """An adversarial run's ``(shuffle key, step key)`` of an epoch (``train.Hook.epoch_keys``)."""
+    step_key, shuffle_key = jax.random.split(jax.random.fold_in(key, epoch))
+    return shuffle_key, step_key
+
+
 class PoolHook(train.Hook):
     """The pools as the training loop's extra data: every ``refresh_every`` steps, ``refresh_count``
     slots of each pool get fresh examples attacked against the current weights. ``stats`` collects each
-    refresh's ``PoolStats`` (a tuple per refresh, one per pool) until the caller takes them."""
+    refresh's ``PoolStats`` (a tuple per refresh, one per pool) until the caller takes them. With
+    ``population``, the loop's extra data is the members' settings (``fit_population``) and every pool of
+    every member is refreshed by one attack call per pool layer; the stats hold one number per member."""
 
-    def __init__(self, model: Model, split: Split, adv: AdvTrainConfig):
-        self.model, self.split, self.adv = model, split, adv
+    epoch_keys = staticmethod(split_epoch_keys)
+
+    def __init__(self, model: Model, split: Split, adv: AdvTrainConfig, population: bool = False):
+        self.model, self.split, self.adv, self.population = model, split, adv, population
         self.stats: list[tuple[PoolStats, ...]] = []
         self.seconds = 0.0  # spent generating pool examples since the last epoch_record
 
-    def epoch_keys(self, key, epoch):
-        step_key, shuffle_key = jax.random.split(jax.random.fold_in(key, epoch))
-        return shuffle_key, step_key
-
-    def before_step(self, step, key, params, pools):
+    def before_step(self, step, key, params, extra):
         adv = self.adv
         if not adv.layers or step == 0 or step % adv.refresh_every:
-            return pools
+            return extra
         t0 = time.perf_counter()
-        fresh, stats = _fresh(self.model, params, adv, self.split, jax.random.fold_in(key, 1), adv.refresh_count)
+        if self.population:
+            fresh, stats = _fresh_each(self.model, params, adv, self.split, train._fold_each(key, 1),
+                                       adv.refresh_count, extra)
+            pools = tuple(_replace_each(pl, f, train._fold_each(key, 2 + j))
+                          for j, (pl, f) in enumerate(zip(extra["pools"], fresh)))
+            extra = {**extra, "pools": pools}
+        else:
+            fresh, stats = _fresh(self.model, params, adv, self.split, jax.random.fold_in(key, 1), adv.refresh_count)
+            extra = tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(extra, fresh)))
         self.stats.append(stats)
-        pools = tuple(replace(pl, f, jax.random.fold_in(key, 2 + j)) for j, (pl, f) in enumerate(zip(pools, fresh)))
         self.seconds += time.perf_counter() - t0
-        return pools
+        return extra
 
     def epoch_record(self, pools) -> dict:
         """Per pool layer k, the means over the refreshes since the last call (``pool{k}_success``,
         ``pool{k}_kept``, ``pool{k}_distortion``), the filled fraction (``pool{k}_filled``), and the seconds
-        spent generating (``pool_seconds``)."""
+        spent generating (``pool_seconds``); in a population, one list entry per member (the seconds are
+        the whole population's)."""
         out = {"pool_seconds": self.seconds} if self.adv.layers else {}
         self.seconds = 0.0
         for j, k in enumerate(self.adv.layers):
             if self.stats:
                 for name in PoolStats._fields:
-                    v = [getattr(s[j], name) for s in self.stats]
-                    out[f"pool{k}_{name}"] = float(np.nanmean(v)) if not np.all(np.isnan(v)) else None
-            out[f"pool{k}_filled"] = float(jnp.mean(pools[j].valid))
+                    out[f"pool{k}_{name}"] = _nanmean([getattr(s[j], name) for s in self.stats])
+            filled = np.asarray(jnp.mean(pools[j].valid, axis=-1))
+            out[f"pool{k}_filled"] = filled.tolist() if filled.ndim else float(filled)
         self.stats = []
         return out
+
+
+def _nanmean(values):
+    """The mean over refreshes (axis 0), NaNs left out; None where every value is NaN (a list per member
+    when the values are per member)."""
+    v = np.asarray(values, np.float64)
+    out = [None if np.all(np.isnan(c)) else float(np.nanmean(c)) for c in v.reshape(len(v), -1).T]
+    return out if v.ndim > 1 else out[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,15 +333,18 @@ class PoolLoss:
         ce = -jnp.take_along_axis(logp, pl.labels[j][:, None], axis=1)[:, 0]
         return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
 
-    def __call__(self, p, batch, pools, key):
+    def __call__(self, p, batch, extra, key):
+        """``extra``: the pools (``fit``), or a population member's settings with its ``pools``, ``mix``
+        and ``decay_scale`` (``fit_population``)."""
         x, y = batch
         adv = self.adv
+        member = extra if isinstance(extra, dict) else {"pools": extra, "mix": adv.mix, "decay_scale": 1.0}
         loss = train.cross_entropy(self.model.apply(p, x), y)
         if adv.layers:
             pool = jnp.mean(jnp.stack([self._pool_term(p, pl, k, jax.random.fold_in(key, i))
-                                       for i, (k, pl) in enumerate(zip(adv.layers, pools))]))
-            loss = (1 - adv.mix) * loss + adv.mix * pool
-        return loss + train.weight_decay(p, self.model.spec.weight_decay, self.decay)
+                                       for i, (k, pl) in enumerate(zip(adv.layers, member["pools"]))]))
+            loss = (1 - member["mix"]) * loss + member["mix"] * pool
+        return loss + member["decay_scale"] * train.weight_decay(p, self.model.spec.weight_decay, self.decay)
 
 
 def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = train.TrainConfig(),
@@ -344,6 +415,92 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
                                 epochs, cfg.batch_size, hook=hook, start_epoch=start,
                                 on_epoch=end_of_epoch)
     return state.params, history
+
+
+def fit_population(model: Model, split: Split, keys: jax.Array, cfg: train.TrainConfig = train.TrainConfig(),
+                   adv: AdvTrainConfig = AdvTrainConfig(), *, mixes=None, overshoots=None, max_distortions=None,
+                   learning_rates=None, decay_scales=None, checkpoint_path=None,
+                   on_epoch: Callable[[int, Any, list], list | None] | None = None):
+    """``fit`` for M members at once: one jitted step advances every member (``train.run_epochs`` with a
+    population) and each refresh attacks every member's pools in one call per pool layer. Member m is
+    ``fit`` with ``keys[m]`` and its own settings, to float precision (tested).
+
+    Args:
+      model, split, cfg: as for ``fit``. keys: ``[M]`` PRNG keys (each member's init, pools, shuffling).
+      adv: the pools' structure and schedule, shared; the numbers below vary per member (None: ``adv``'s
+        ``mix``, ``overshoot`` and ``max_distortion`` — None entries: no cap —, the resolved learning rate
+        and weight decay scale 1).
+      checkpoint_path: the whole population's state (weights, optimiser, pools, histories) after every
+        epoch; a restarted call resumes after the last finished epoch.
+      on_epoch: ``(epoch, params [M], [M] mean losses) -> [M] dicts`` of extra numbers per member.
+
+    Returns:
+      ``(params, histories)``: parameters with a leading member axis (``train.member(params, m)``) and one
+      history per member, records as ``fit``'s (``pool_seconds`` and ``seconds``: the member's share).
+    """
+    _check_model(model, adv.layers)
+    keys = jnp.asarray(keys)
+    m = len(keys)
+    last = time.perf_counter()
+    resolved = cfg.for_model(model.spec, split.share)
+    steps_per_epoch = len(split) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")
+    tx = train.optimizer(cfg, resolved.epochs * steps_per_epoch, 1.0)  # a unit peak: each member's rate scales it
+    split_keys = [jax.random.split(k, 3) for k in keys]  # (init, pools, loop), as fit draws them
+    caps = [adv.max_distortion] * m if max_distortions is None else list(max_distortions)
+    if len(caps) != m:
+        raise ValueError(f"need one max_distortion per member ({m}), got {len(caps)}")
+    member = {"learning_rate": train._per_member(learning_rates, resolved.learning_rate, m),
+              "decay_scale": train._per_member(decay_scales, 1.0, m), "mix": train._per_member(mixes, adv.mix, m),
+              "overshoot": train._per_member(overshoots, adv.overshoot, m),
+              "max_distortion": jnp.asarray([np.inf if c is None else c for c in caps], jnp.float32)}
+    if not (jnp.all((member["mix"] >= 0) & (member["mix"] <= 1)) and jnp.all(member["overshoot"] >= 1)):
+        raise ValueError("every member's mix must lie in [0, 1] and its overshoot be >= 1")
+    params = jax.tree.map(lambda *a: jnp.stack(a), *[train.initial_params(model, k[0], cfg) for k in split_keys])
+    pools = jax.tree.map(lambda a: jnp.broadcast_to(a, (m,) + a.shape), _empty_pools(model, train.member(params, 0), adv))
+    state, histories, start = train.TrainState(params, None, {**member, "pools": pools}), [[] for _ in range(m)], 0
+    if checkpoint_path is not None and pathlib.Path(checkpoint_path).exists():
+        try:
+            template = {"params": params, "opt_state": jax.vmap(tx.init)(params), "extra": state.extra}
+            saved, meta = checkpoint.load(checkpoint_path, template)
+            saved["extra"]["pools"] = tuple(Pool(*p) for p in saved["extra"]["pools"])
+            state = train.TrainState(saved["params"], saved["opt_state"], saved["extra"])
+            histories, start = meta["history"], meta["epoch"]
+            log.info("resuming %s adversarial population at epoch %d", model.name, start)
+        except checkpoint.CheckpointError as e:
+            log.warning("%s; starting over", e)
+    hook = PoolHook(model, split, adv, population=True)
+    if start == 0 and adv.initial_fill:
+        t0 = time.perf_counter()
+        pool_keys = jnp.stack([k[1] for k in split_keys])
+        fresh, stats = _fresh_each(model, state.params, adv, split, pool_keys, adv.pool_size, member)
+        filled = tuple(_replace_each(pl, f, train._fold_each(pool_keys, 2 + j))
+                       for j, (pl, f) in enumerate(zip(state.extra["pools"], fresh)))
+        state = state._replace(extra={**state.extra, "pools": filled})
+        hook.stats.append(stats)
+        hook.seconds += time.perf_counter() - t0
+    state = jax.tree.map(jnp.asarray, state)  # a loaded checkpoint holds numpy arrays
+
+    def end_of_epoch(epoch, st: train.TrainState, losses):
+        nonlocal last
+        shared = hook.epoch_record(st.extra["pools"])
+        extra = (on_epoch(epoch, st.params, losses) if on_epoch is not None else None) or [{}] * m
+        now = time.perf_counter()
+        seconds, last = now - last, now
+        for i in range(m):
+            record = {"epoch": epoch + 1, "loss": losses[i],
+                      **{k: (v[i] if isinstance(v, list) else v / m) for k, v in shared.items()}, **extra[i]}
+            histories[i].append({**record, "seconds": seconds / m})
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, {"params": st.params, "opt_state": st.opt_state, "extra": st.extra},
+                            {"epoch": epoch + 1, "history": histories})
+
+    loop_keys = jnp.stack([k[2] for k in split_keys])
+    final, _ = train.run_epochs(PoolLoss(model, adv, cfg.decay), state, tx, (split.images, split.labels), loop_keys,
+                                resolved.epochs, cfg.batch_size, hook=hook, start_epoch=start, on_epoch=end_of_epoch,
+                                population=True)
+    return final.params, histories
 
 
 def summarize_runs(runs: dict) -> dict:

@@ -174,6 +174,13 @@ class TrainState(NamedTuple):
     extra: Any = None
 
 
+def same_epoch_keys(key: jax.Array, epoch: int) -> tuple[jax.Array, jax.Array]:
+    """``(shuffle key, step key)`` of an epoch, both ``fold_in(key, epoch)``; each step's key is
+    ``fold_in(step key, step)``."""
+    k = jax.random.fold_in(key, epoch)
+    return k, k
+
+
 class Hook:
     """Extra training data beside each clean minibatch (e.g. adversarial pools). The base class adds none.
 
@@ -181,14 +188,16 @@ class Hook:
     replace it between steps on the host (e.g. refresh a pool against the current weights).
     """
 
-    def epoch_keys(self, key: jax.Array, epoch: int) -> tuple[jax.Array, jax.Array]:
-        """``(shuffle key, step key)`` of an epoch; each step's key is ``fold_in(step key, step)``."""
-        k = jax.random.fold_in(key, epoch)
-        return k, k
+    epoch_keys = staticmethod(same_epoch_keys)  # (key, epoch) -> (shuffle key, step key); a plain function
 
     def before_step(self, step: int, key: jax.Array, params, extra):
-        """Called before global step ``step`` (from 0) with its key; returns the extra data to use."""
+        """Called before global step ``step`` (from 0) with its key; returns the extra data to use. In a
+        population, ``key`` holds the members' step keys and ``params`` and ``extra`` their member axis."""
         return extra
+
+    def refreshes(self) -> bool:
+        """Whether ``before_step`` does anything (a population then gets its members' step keys each step)."""
+        return type(self).before_step is not Hook.before_step
 
 
 def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransformation, data: tuple, key,
@@ -211,11 +220,12 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
         checkpoints).
       population: train M members at once: ``key`` holds M keys, every leaf of ``state.params`` and
         ``state.opt_state`` a leading member axis, ``state.extra`` each member's settings (a dict of
-        ``[M]`` arrays: ``learning_rate`` multiplies the member's updates, the loss may read others). One
-        jitted step advances every member on its own minibatch (its own shuffle, as if trained alone).
-        No hook.
+        ``[M]``-leading arrays: ``learning_rate`` multiplies the member's updates, the loss reads the
+        others, e.g. a member's pools). One jitted step advances every member on its own minibatch (its
+        own shuffle and keys, as if trained alone). A hook sees all members at once.
       on_device: a population's epoch as one ``lax.scan`` of the same step (one dispatch per epoch: for
-        accelerators and MLPs; XLA:CPU runs convolutions slower inside a loop body).
+        accelerators and MLPs; XLA:CPU runs convolutions slower inside a loop body). Not with a hook
+        that refreshes its data between steps.
 
     Returns:
       ``(final state, mean loss of each epoch run)`` (a population: a list of M losses per epoch).
@@ -226,9 +236,10 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
     Not one ``lax.scan`` per epoch: XLA:CPU runs convolutions inside a loop body ~13x slower than the
     same step jitted on its own (measured here: ConvNet 1.9 s vs 0.15 s per step of 128).
     """
-    if population and hook is not None:
-        raise ValueError("a population trains without a hook")
     hook = hook or Hook()
+    if on_device and hook.refreshes():
+        raise ValueError("on_device runs a whole epoch on the device: a hook that refreshes between steps needs "
+                         "the host-stepped loop")
     n = len(data[0])
     steps = n // batch_size
     if steps == 0:
@@ -241,14 +252,16 @@ def run_epochs(loss_fn: Callable, state: TrainState, tx: optax.GradientTransform
     history = []
     for e in range(start_epoch, epochs):
         if population:
-            shuffle_keys, perm = _population_order(key, e, n, steps, batch_size)
+            step_keys, perm = _population_order(key, e, n, steps, batch_size, epoch_keys=hook.epoch_keys)
             if on_device:
-                params, opt_state, losses = _population_epoch(params, opt_state, extra, data, perm, shuffle_keys,
+                params, opt_state, losses = _population_epoch(params, opt_state, extra, data, perm, step_keys,
                                                               loss_fn=loss_fn, tx=tx)
             else:
                 losses = []
                 for i in range(steps):
-                    params, opt_state, loss = _population_step(params, opt_state, extra, data, perm[:, i], shuffle_keys,
+                    if hook.refreshes():
+                        extra = hook.before_step(e * steps + i, _fold_each(step_keys, i), params, extra)
+                    params, opt_state, loss = _population_step(params, opt_state, extra, data, perm[:, i], step_keys,
                                                                i, loss_fn=loss_fn, tx=tx)
                     losses.append(loss)
             history.append([float(v) for v in jnp.mean(jnp.stack(list(losses)), axis=0)])
@@ -285,12 +298,18 @@ def _epoch_order(key, n: int, steps: int, batch_size: int):
     return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _population_order(keys, epoch, n: int, steps: int, batch_size: int):
-    """Each member's epoch key (``Hook.epoch_keys``: the same for shuffling and steps) and minibatch
-    indices ``[M, steps, batch_size]``, as ``run_epochs`` draws them for one model."""
-    epoch_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, epoch)
-    return epoch_keys, jax.vmap(lambda k: _epoch_order(k, n, steps, batch_size))(epoch_keys)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4), static_argnames=("epoch_keys",))
+def _population_order(keys, epoch, n: int, steps: int, batch_size: int, *, epoch_keys=same_epoch_keys):
+    """Each member's step key and minibatch indices ``[M, steps, batch_size]`` of an epoch, drawn by
+    ``epoch_keys`` (the hook's) as ``run_epochs`` draws them for one model."""
+    shuffle_keys, step_keys = jax.vmap(epoch_keys, (0, None))(keys, epoch)
+    return step_keys, jax.vmap(lambda k: _epoch_order(k, n, steps, batch_size))(shuffle_keys)
+
+
+@jax.jit
+def _fold_each(keys, i):
+    """Each member's key of step ``i`` (``fold_in(step key, i)``, as the step draws it)."""
+    return jax.vmap(jax.random.fold_in, (0, None))(keys, i)
 
 
 def _members_step(params, opt_state, settings, data, idx, epoch_keys, step, loss_fn, tx):

@@ -492,6 +492,8 @@ def bound_propagation_section(sandwich: dict, images: int) -> str:
              f"{b['ratio_p90']:.3g}]", f"{sandwich[n]['ratio_median']:.3g}", str(b["violations"])] for n, b in rows.items()]
     return ("\n### Certified by bound propagation (CROWN) vs distortion found\n\n"
             f"The first {images} of those images: the largest L2 radius CROWN proves (bisection to 0.1%) around the "
-            "prediction, for the attack's target class (targeted) and for every other class (untargeted).\n\n"
+            "prediction, for the attack's target class (targeted) and for every other class (untargeted), over "
+            "perturbations that keep the image in the pixel box [0, 1] (as the attack's do; the product bound "
+            "ignores the box).\n\n"
             + table(head, body)
             + "\n" + bullets([bound_propagation_tight(rows)]) + "\n")

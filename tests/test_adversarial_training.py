@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,3 +113,33 @@ def test_config_and_model_checks(tiny_mnist, key):
         at.fit(TINY, tiny_mnist.train, key, CFG, _adv((3,)))
     with pytest.raises(TypeError, match="MLP"):
         at.fit(models.build("ConvNet"), tiny_mnist.train, key, CFG, _adv((0,)))
+
+
+def test_a_population_member_is_the_run_alone_and_resumes_after_a_kill(tiny_mnist, tmp_path):
+    """Two members with their own keys, mix and overshoot (their pools refreshed by one attack call per
+    layer) end where ``fit`` alone ends with the same settings; a killed population resumes identically."""
+    adv = _adv((0, 1))
+    keys = jnp.stack([jax.random.key(3), jax.random.key(4)])
+    settings = {"mixes": [0.5, 0.2], "overshoots": [1.0, 1.5]}
+    pop, hists = at.fit_population(TINY, tiny_mnist.train, keys, CFG, adv, **settings)
+    for m, (mix, over) in enumerate(zip(*settings.values())):
+        alone, hist = at.fit(TINY, tiny_mnist.train, keys[m], CFG, dataclasses.replace(adv, mix=mix, overshoot=over))
+        for a, b in zip(jax.tree.leaves(train.member(pop, m)), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+        assert hists[m][-1]["pool0_success"] == pytest.approx(hist[-1]["pool0_success"])
+        assert hists[m][-1]["loss"] == pytest.approx(hist[-1]["loss"], rel=1e-4)
+    assert not np.allclose(np.asarray(hists[0][-1]["loss"]), np.asarray(hists[1][-1]["loss"]))
+
+    def stop(epoch, params, losses):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return [{"n": m} for m in range(2)]
+    ckpt = tmp_path / "pop.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        at.fit_population(TINY, tiny_mnist.train, keys, CFG, adv, **settings, checkpoint_path=ckpt, on_epoch=stop)
+    resumed, rh = at.fit_population(TINY, tiny_mnist.train, keys, CFG, adv, **settings, checkpoint_path=ckpt)
+    assert [h["epoch"] for h in rh[1]] == [1, 2] and rh[1][0]["n"] == 1  # the epoch before the kill kept
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(pop)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="overshoot"):
+        at.fit_population(TINY, tiny_mnist.train, keys, CFG, adv, overshoots=[1.0, 0.5])

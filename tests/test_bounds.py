@@ -101,6 +101,49 @@ def test_crown_is_the_exact_l2_minimum_of_a_linear_model():
         assert got == pytest.approx(exact, rel=1e-4)
 
 
+def _exact_l2_in_box(a, m, x):
+    """min ‖δ‖₂ subject to a·δ ≤ −m and 0 ≤ x + δ ≤ 1 (a small QP: SLSQP); inf where no δ in the box does."""
+    if np.minimum(-a * x, a * (1 - x)).sum() > -m:
+        return np.inf
+    res = scipy.optimize.minimize(lambda d: d @ d, np.zeros_like(x), jac=lambda d: 2 * d, method="SLSQP",
+                                  bounds=list(zip(-x, 1 - x)), options={"ftol": 1e-14, "maxiter": 500},
+                                  constraints=[{"type": "ineq", "fun": lambda d: -m - a @ d, "jac": lambda d: -a}])
+    assert res.success and a @ res.x <= -m + 1e-7
+    return float(np.sqrt(res.x @ res.x))
+
+
+def test_l2_radius_uses_the_box_and_is_exact_for_a_linear_model():
+    """Where the box binds (pixels at 0 or 1 that can only move one way), the L2 radius of a linear model
+    is still its exact minimum distance inside the box, and larger than the ball alone would give."""
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(8, 3)), rng.normal(size=3)
+    fn = lambda x: x @ jnp.asarray(w, x.dtype) + jnp.asarray(b, x.dtype)  # noqa: E731  (a plain function)
+    xs = rng.choice([0.0, 1.0, 0.5], size=(6, 8), p=[0.4, 0.3, 0.3])
+    ys = np.argmax(xs @ w + b, -1)
+    r = bounds.certified_radius(fn, xs, ys, norm=2, method="crown", tol=1e-6)
+    ball = []
+    for x, y, got in zip(xs, ys, r):
+        z = x @ w + b
+        exact = min(_exact_l2_in_box(w[:, y] - w[:, j], z[y] - z[j], x) for j in range(3) if j != y)
+        ball.append(min((z[y] - z[j]) / np.linalg.norm(w[:, y] - w[:, j]) for j in range(3) if j != y))
+        assert np.isfinite(exact) and got <= exact * (1 + 1e-5) and got == pytest.approx(exact, rel=1e-4)
+    assert np.all(r >= np.array(ball) * (1 - 1e-6)) and np.any(r > 1.05 * np.array(ball))  # the box binds
+
+
+def test_l2_box_dual_is_a_tight_lower_bound():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, x, eps = rng.normal(size=(1, 6)), rng.choice([0.0, 1.0, 0.3], size=6), rng.uniform(0.05, 2.0)
+        with jax.enable_x64(True):
+            got = float(bounds._l2_box_min(jnp.asarray(a), jnp.asarray(-x), jnp.asarray(1 - x), eps)[0])
+        res = scipy.optimize.minimize(lambda d: a[0] @ d, np.zeros(6), jac=lambda d: a[0], method="SLSQP",
+                                      bounds=list(zip(-x, 1 - x)), options={"ftol": 1e-14, "maxiter": 500},
+                                      constraints=[{"type": "ineq", "fun": lambda d: eps ** 2 - d @ d,
+                                                    "jac": lambda d: -2 * d}])
+        feasible = res.x * min(1.0, eps / np.linalg.norm(res.x))  # into the ball (0 is in the box)
+        assert got <= a[0] @ feasible + 1e-12 and got == pytest.approx(a[0] @ feasible, abs=1e-6)
+
+
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 def test_no_adversarial_example_inside_a_certified_ball(activation):
     fn, _ = _tiny(3, activation)
@@ -110,8 +153,10 @@ def test_no_adversarial_example_inside_a_certified_ball(activation):
     for norm in (2, np.inf):
         crown = bounds.certified_radius(fn, xs, ys, norm=norm, method="crown")
         ibp = bounds.certified_radius(fn, xs, ys, norm=norm, method="ibp")
+        alpha = bounds.certified_radius(fn, xs, ys, norm=norm, method="alpha-crown")
         assert np.all(ibp <= crown * (1 + 1e-3) + 1e-9)  # CROWN at least as tight on these nets
-        for x, y, r in zip(xs, ys, crown):
+        assert np.all(crown <= alpha)  # α-CROWN starts from CROWN's radius and only climbs
+        for x, y, r in zip(xs, ys, alpha):
             if r == 0:
                 continue
             d = rng.normal(size=(20000, 4))
@@ -120,7 +165,7 @@ def test_no_adversarial_example_inside_a_certified_ball(activation):
             pred = np.asarray(jnp.argmax(fn(jnp.asarray(pts, jnp.float32)), -1))
             assert np.all(pred == y)
     # and every example our attack finds lies outside the L2 ball
-    r = bounds.certified_radius(fn, xs, ys, norm=2, method="crown")
+    r = bounds.certified_radius(fn, xs, ys, norm=2, method="alpha-crown")
     targets = (ys + 1) % 3
     res = attacks.lbfgs_attack(fn, jnp.asarray(xs, jnp.float32), jnp.asarray(targets, jnp.int32))
     found = np.asarray(res.l2)[np.asarray(res.success)]
