@@ -39,10 +39,16 @@ def record(seed: int | None, wall_time_s: float, **extra) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
+# sections a recorded study command merges into a pipeline's result file: computed by that command, not
+# by the pipeline (``experiments.advtrain_controls``, ``experiments.advtrain_beyond``)
+MERGED_STUDIES = ("controls", "controls_provenance", "beyond", "beyond_provenance")
+
+
 def recorded_minutes(paths) -> float:
     """The computation the result files ``paths`` record, in minutes: each pipeline's wall time, plus what its
     cached steps took when they were computed (models' ``train_wall_s``, adversarial-training runs'
-    ``wall_s``; a study entry counts ``wall_s_mean`` once per seed). 0 if nothing is recorded."""
+    ``wall_s``; a study entry counts ``wall_s_mean`` once per seed), leaving out the sections study
+    commands merged in (``MERGED_STUDIES``). 0 if nothing is recorded."""
     def walk(x) -> float:
         if isinstance(x, list):
             return sum(walk(v) for v in x)
@@ -51,5 +57,5 @@ def recorded_minutes(paths) -> float:
         own = sum(float(x[k]) for k in ("train_wall_s", "wall_s", "wall_time_s") if isinstance(x.get(k), (int, float)))
         if "wall_s_mean" in x and "test_errors" in x and x["wall_s_mean"] is not None:
             own += x["wall_s_mean"] * len(x["test_errors"])
-        return own + sum(walk(v) for v in x.values())
+        return own + sum(walk(v) for k, v in x.items() if k not in MERGED_STUDIES)
     return sum(walk(json.loads(pathlib.Path(p).read_text())) for p in paths if pathlib.Path(p).exists()) / 60

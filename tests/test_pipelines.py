@@ -140,3 +140,14 @@ def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_pa
     assert "### Positive controls" in md and "What the positive controls say about the pools" in md
     again = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
     assert again["controls"] == result["controls"]  # cached: nothing retrained
+
+    from experiments import advtrain_beyond as beyond
+    past = beyond.run(ctx, mnist, seeds=(0, 1))  # from the study's chosen input pool, read from the JSON
+    assert past["base"] == "input, mix 0.2" and len(past["variants"]) == 3
+    assert [r["population"] for rs in past["runs"].values() for r in rs] == [2] * 6  # each variant one population
+    assert [r["adv_config"]["overshoot"] for rs in past["runs"].values() for r in rs[:1]] == [1.0, 2.0, 1.0]
+    merged = json.loads((ctx.out / "adversarial_training.json").read_text())
+    assert merged["beyond"] == past["variants"] and merged["controls"] == result["controls"]
+    md = (ctx.out / "adversarial_training.md").read_text()
+    assert "### Pools past the decision boundary" in md and "A pool variant past the boundary" in md
+    assert beyond.run(ctx, mnist, seeds=(0, 1))["variants"] == past["variants"]  # cached

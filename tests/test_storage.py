@@ -1,5 +1,6 @@
 """Storage: atomic writes with the umask's permissions, checksummed arrays, chunk caches, cache keys."""
 
+import json
 import os
 import stat
 from typing import NamedTuple
@@ -64,3 +65,14 @@ def test_cache_keys_and_safe_names():
     assert len(storage.cache_key(attacks.AttackConfig(), 12)) == 12
     assert storage.safe_name("FC10(1e-4) a/b") == "FC10_1e-4__a_b"
     np.testing.assert_array_equal(storage.pad_rows(np.array([1, 2]), 4), [1, 2, 2, 2])
+
+
+def test_recorded_minutes_counts_each_computation_once(tmp_path):
+    """A pipeline's file counts its own wall time and its cached runs', not what a study command merged in."""
+    from intriguing_jax import provenance
+    (tmp_path / "a.json").write_text(json.dumps({
+        "provenance": {"wall_time_s": 60}, "runs": {"v": [{"wall_s": 120}, {"wall_s": 60}]},
+        "study": [{"wall_s_mean": 30, "test_errors": [0.1, 0.2]}],
+        "controls": {"c": {"wall_s_mean": 600, "test_errors": [0.1]}}, "controls_provenance": {"wall_time_s": 600},
+        "beyond": {"b": {"wall_s_mean": 600, "test_errors": [0.1]}}, "beyond_provenance": {"wall_time_s": 600}}))
+    assert provenance.recorded_minutes([tmp_path / "a.json", tmp_path / "missing.json"]) == 5.0
