@@ -1,12 +1,15 @@
 """Adversarial training with per-layer pools vs weight decay alone (end of Sec. 4.2); ``python -m
 experiments.reproduce --only advtrain``. FC100-100-10: a recorded study of the choices the paper leaves
-open (``STUDY``, short schedule, 2 seeds), then each pool-layer set's best configuration at full length
-(3 seeds). Runs are cached and resume after a kill (``intriguing_jax.advtrain_runs``).
+open (``STUDY``, short schedule, 2 seeds), then at full length (5 seeds) each pool-layer set's best
+configuration and the best input pool with its examples past the decision boundary (``past_boundary``).
+Each configuration's seeds train as one population (one jitted step, one attack call per pool refresh);
+runs are cached and resume after a kill (``intriguing_jax.advtrain_runs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 from experiments import common
@@ -17,7 +20,7 @@ from intriguing_jax import figures, report, train, verdicts, zoo
 MODEL, BASELINE = "FC100-100-10", "weight decay only"
 VARIANTS = {BASELINE: (), "input pool": (0,), "hidden-layer pools": (1, 2), "top hidden-layer pool": (2,),
             "input + hidden-layer pools": (0, 1, 2)}
-SEEDS, STUDY_SEEDS, STUDY_EPOCHS = (0, 1, 2), (0, 1), 15
+SEEDS, STUDY_SEEDS, STUDY_EPOCHS = (0, 1, 2, 3, 4), (0, 1), 15
 EVAL_IMAGES, FINAL_IMAGES, CURVE_EVERY = 100, 300, 10  # attacked every CURVE_EVERY epochs / at the end
 A, OLD = at.AdvTrainConfig, "input, failed attacks kept, filled at step 0 (before the study)"
 STUDY = {BASELINE: A(layers=()), OLD: A(layers=(0,), keep_failed=True, initial_fill=True), "input, mix 0.5": A(layers=(0,)),
@@ -39,17 +42,19 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     x, _, t = common.first_images(ctx, mnist.test)
     ev = runs.Evaluation(x, t, CURVE_EVERY, EVAL_IMAGES, FINAL_IMAGES, ctx.attack_cfg, ctx.chunk_size)
 
-    def one(name, seed, length):  # --seed shifts every run's seed, as in the training study
-        bar, tick = common.epoch_bar(length, f"{name} (seed {ctx.seed + seed})")
+    def group(name, adv, member_seeds, length):  # --seed shifts every run's seed, as in the training study
+        bar, tick = common.epoch_bar(length, f"{name} ({len(member_seeds)} seeds)")
         with bar:
-            return runs.run(MODEL, mnist, name, STUDY[chosen.get(name, name)], ctx.seed + seed,
-                            dataclasses.replace(ctx.train_cfg, epochs=length), ev, ctx.workdir, tick)
+            return runs.runs(MODEL, mnist, name, adv, [ctx.seed + s for s in member_seeds],
+                             dataclasses.replace(ctx.train_cfg, epochs=length), ev, ctx.workdir, tick)
 
-    chosen, short = {}, min(STUDY_EPOCHS, epochs)  # no final runs chosen yet: study runs by their own name
-    study_runs = {n: [one(n, s, short) for s in study_seeds] for n in study}
+    short = min(STUDY_EPOCHS, epochs)
+    study_runs = {n: group(n, STUDY[n], study_seeds, short) for n in study}
     summary = at.summarize_runs(study_runs)
     chosen = runs.best_per_layer_set(summary, VARIANTS)
-    final = {v: [one(v, s, epochs) for s in seeds] for v in chosen}
+    past = at.past_boundary(STUDY[chosen["input pool"]]) if "input pool" in chosen else {}
+    configs = {**{v: STUDY[n] for v, n in chosen.items()}, **{f"input pool, {n}": adv for n, adv in past.items()}}
+    final = {v: group(v, adv, seeds, epochs) for v, adv in configs.items()}
     path = ctx.out / "figures" / "adversarial_training.png"
     figures.curves(path, {f"{v} (seed {r['seed']})": r["history"] for v, rs in final.items() for r in rs},
                    keys=("test_error", "train_error", "distortion", "pool0_distortion"), xlabel="epoch")
@@ -60,6 +65,10 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
               "chosen": chosen, "summary": at.summarize_runs(final), "runs": final,
               "figure": str(path.relative_to(ctx.out)), "train_config": dataclasses.asdict(ctx.train_cfg),
               "provenance": common.record(ctx, t0, pipeline="adversarial_training")}
+    controls = ctx.out / "adversarial_training_controls.json"  # the recorded controls study, read and cited
+    if controls.exists():
+        made = json.loads(controls.read_text())
+        result.update(controls=made["controls"], controls_provenance=made["provenance"])
     return storage.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", result, render)
 
 
@@ -84,14 +93,15 @@ def render(result: dict) -> str:
     cfg = next((rs[0]["adv_config"] for rs in result["runs"].values() if rs[0]["layers"]),
                dataclasses.asdict(at.AdvTrainConfig()))  # the pools' shared settings
     study = runs.summary_table([(e["configuration"], e) for e in sorted(result["study"], key=lambda e: e["test_error_mean"])])
-    final = runs.summary_table([(f"{v} ({result['chosen'][v]})", x) for v, x in result["summary"].items()],
-                               "Variant (study configuration)")
+    final = runs.summary_table([(f"{v} ({result['chosen'][v]})" if v in result["chosen"] else v, x)
+                                for v, x in result["summary"].items()], "Variant (study configuration)")
     return ("## Adversarial training with per-layer pools (Sec. 4.2)\n\n"
             + runs.method(result["model"], result["epochs"], recipe, cfg, FINAL_IMAGES) + "\n\n"
             f"### Study ({len(result['study'])} configurations, {result['study_epochs']} epochs, seeds "
             f"{result['study_seeds']}; best first)\n\n" + study
             + f"\n### Final ({result['epochs']} epochs, seeds {result['seeds']}): each pool-layer set's best study "
-            "configuration\n\n" + final + "\n" + runs.runs_table(result["runs"])
+            "configuration, and the best input pool past the decision boundary (every point moved twice as far "
+            "along its perturbation; or made by one solve at a fixed c = 1, without the cap)\n\n" + final + "\n" + runs.runs_table(result["runs"])
             + f"\n**The study's readings** ({len(result['study_seeds'])} seeds: a difference counts only where the "
             "seeds' ranges do not overlap)\n\n" + verdicts.bullets(readings({e["configuration"]: e for e in result["study"]})) + "\n\n"
             + verdicts.bullets([verdicts.pools_beat_weight_decay(result["summary"], len(result["seeds"])),

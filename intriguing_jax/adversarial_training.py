@@ -417,6 +417,16 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     return state.params, history
 
 
+def past_boundary(adv: AdvTrainConfig, overshoot: float = 2.0, c: float = 1.0) -> dict[str, AdvTrainConfig]:
+    """Variants of ``adv`` whose pool examples lie past the decision boundary, as the paper's did (they came
+    from one fixed c, not from the largest c that still reaches the target): ``"overshoot ×2"`` moves every
+    point that far along its perturbation; ``"fixed c = 1"`` makes each point by one solve at ``c``, with
+    no distortion cap (which would drop the points a fixed c puts far out)."""
+    return {f"overshoot ×{overshoot:g}": dataclasses.replace(adv, overshoot=overshoot),
+            f"fixed c = {c:g}": dataclasses.replace(adv, max_distortion=None,
+                                                    attack=dataclasses.replace(adv.attack, c_steps=1, c_init=c))}
+
+
 def fit_population(model: Model, split: Split, keys: jax.Array, cfg: train.TrainConfig = train.TrainConfig(),
                    adv: AdvTrainConfig = AdvTrainConfig(), *, mixes=None, overshoots=None, max_distortions=None,
                    learning_rates=None, decay_scales=None, checkpoint_path=None,

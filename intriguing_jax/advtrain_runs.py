@@ -233,21 +233,10 @@ def method(model: str, epochs: int, recipe: int, cfg: dict, final_images: int) -
 
 
 def controls_section(result: dict, baseline: str) -> str:
-    """The report's positive controls (``experiments.advtrain_controls``) and pools past the decision
-    boundary (``experiments.advtrain_beyond``) beside the pools, if ``result`` has them: their tables and
-    what they say about the pools (rules in ``verdicts``)."""
+    """The report's positive controls (``experiments.advtrain_controls``) beside the pools, if ``result``
+    has them: their table and what they say about the pools (rules in ``verdicts``)."""
     if "controls" not in result:
         return ""
-    out = ("### Positive controls (`python -m experiments.advtrain_controls`)\n\n" + verdicts.controls_table(result["controls"])
-           + "\n" + verdicts.bullets([verdicts.controls_beat_baseline(result["controls"], baseline)]) + "\n\n")
-    if "beyond" in result:
-        rows = {baseline: result["controls"][baseline], **result["beyond"]} if baseline in result["controls"] else result["beyond"]
-        out += ("### Pools past the decision boundary (`python -m experiments.advtrain_beyond`)\n\n"
-                "The study's best input pool as chosen, with every point moved twice as far along its perturbation, "
-                "and made by one solve at a fixed c = 1 (the paper's examples came from a fixed c); each "
-                f"{len(next(iter(result['beyond'].values()))['seeds'])} seeds, trained as one population, beside weight "
-                "decay alone from the controls (trained the same way).\n\n" + verdicts.controls_table(rows) + "\n"
-                + verdicts.bullets([verdicts.controls_beat_baseline(
-                    rows, baseline, "A pool variant past the boundary lowers the clean test error below weight decay alone")])
-                + "\n\n")
-    return out + verdicts.bullets([verdicts.settled(result["controls"], result["summary"], baseline, result.get("beyond"))]) + "\n\n"
+    return ("### Positive controls (`python -m experiments.advtrain_controls`)\n\n" + verdicts.controls_table(result["controls"])
+            + "\n" + verdicts.bullets([verdicts.controls_beat_baseline(result["controls"], baseline),
+                                       verdicts.settled(result["controls"], result["summary"], baseline)]) + "\n\n")

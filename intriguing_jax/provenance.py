@@ -40,8 +40,8 @@ def record(seed: int | None, wall_time_s: float, **extra) -> dict:
 
 
 # sections a recorded study command merges into a pipeline's result file: computed by that command, not
-# by the pipeline (``experiments.advtrain_controls``, ``experiments.advtrain_beyond``)
-MERGED_STUDIES = ("controls", "controls_provenance", "beyond", "beyond_provenance")
+# by the pipeline (``experiments.advtrain_controls``)
+MERGED_STUDIES = ("controls", "controls_provenance")
 
 
 def recorded_minutes(paths) -> float:

@@ -437,11 +437,8 @@ def controls_table(controls: dict) -> str:
     return table(head, rows)
 
 
-def controls_beat_baseline(controls: dict, baseline: str = "weight decay only",
-                           title: str = "A known-good method lowers the clean test error below weight decay alone"
-                           ) -> Verdict | None:
-    """Does any known-good method (or, with another ``title``, any row of ``controls``) lower the clean
-    test error of this net below weight decay alone?
+def controls_beat_baseline(controls: dict, baseline: str = "weight decay only") -> Verdict | None:
+    """Does any known-good method lower the clean test error of this net below weight decay alone?
 
     Rule: a method beats the baseline when its worst seed is below the baseline's best (``seed_order``).
     """
@@ -450,7 +447,7 @@ def controls_beat_baseline(controls: dict, baseline: str = "weight decay only",
     b = controls[baseline]
     better = [n for n in controls if n != baseline and seed_order(controls[n], b) < 0]
     worse = [n for n in controls if n != baseline and seed_order(controls[n], b) > 0]
-    return Verdict(title, bool(better),
+    return Verdict("A known-good method lowers the clean test error below weight decay alone", bool(better),
                    (f"Better on every seed: {', '.join(better)}. " if better else "")
                    + f"Rule: a method's worst seed below weight decay alone's best. Weight decay alone "
                    f"{pct(b['test_error_mean'])} ({pct(b['test_error_min'])}–{pct(b['test_error_max'])}); "
@@ -460,15 +457,13 @@ def controls_beat_baseline(controls: dict, baseline: str = "weight decay only",
                    {"better": better, "worse": worse})
 
 
-def settled(controls: dict, pools: dict, baseline: str = "weight decay only", beyond: dict | None = None) -> Verdict | None:
+def settled(controls: dict, pools: dict, baseline: str = "weight decay only") -> Verdict | None:
     """What the controls say about the pools' result: both read by ``seed_order`` against weight decay alone
-    (``controls``' baseline for the controls and for the pool variants of ``beyond``, trained the same way;
-    the pools' own baseline runs for the pools)."""
+    (``controls``' baseline for the controls, the pools' own baseline runs for the pools)."""
     if baseline not in controls or baseline not in pools:
         return None
     control_helps = any(seed_order(c, controls[baseline]) < 0 for n, c in controls.items() if n != baseline)
-    pools_help = (any(seed_order(p, pools[baseline]) < 0 for n, p in pools.items() if n != baseline)
-                  or any(seed_order(p, controls[baseline]) < 0 for p in (beyond or {}).values()))
+    pools_help = any(seed_order(p, pools[baseline]) < 0 for n, p in pools.items() if n != baseline)
     if control_helps and not pools_help:
         text = ("A known-good method lowers this net's clean error and the paper's pools do not: the training "
                 "machinery can improve on weight decay alone here, the pools as we implement them do not.")

@@ -97,8 +97,13 @@ def test_adversarial_training_study_picks_each_layer_sets_best_and_renders(tmp_p
     assert [e["configuration"] for e in result["study"]] == list(study)
     best_input = min(study[1:], key=lambda n: next(e["test_error_mean"] for e in result["study"] if e["configuration"] == n))
     assert result["chosen"] == {adv.BASELINE: adv.BASELINE, "input pool": best_input}
-    assert set(result["summary"]) == {adv.BASELINE, "input pool"}  # no study entry for the other layer sets
+    past = {"input pool, overshoot ×2", "input pool, fixed c = 1"}  # the chosen input pool, past the boundary
+    assert set(result["summary"]) == {adv.BASELINE, "input pool"} | past  # no study entry for the other layer sets
     assert result["runs"]["input pool"][0]["adv_config"]["mix"] == adv.STUDY[best_input].mix
+    over, fixed = (result["runs"][v][0]["adv_config"] for v in sorted(past, reverse=True))
+    assert over["overshoot"] == 2.0 and over["mix"] == adv.STUDY[best_input].mix
+    assert fixed["attack"]["c_steps"] == 1 and fixed["max_distortion"] is None and fixed["overshoot"] == 1.0
+    assert all(r["population"] == 1 for rs in result["runs"].values() for r in rs)  # trained by advtrain_runs.runs
     md = (ctx.out / "adversarial_training.md").read_text()
     assert "### Study (3 configurations" in md
     verdict = r"\*\*Adversarial training with per-layer pools improves[^*]+: (holds|does not hold)"
@@ -141,13 +146,3 @@ def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_pa
     again = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
     assert again["controls"] == result["controls"]  # cached: nothing retrained
 
-    from experiments import advtrain_beyond as beyond
-    past = beyond.run(ctx, mnist, seeds=(0, 1))  # from the study's chosen input pool, read from the JSON
-    assert past["base"] == "input, mix 0.2" and len(past["variants"]) == 3
-    assert [r["population"] for rs in past["runs"].values() for r in rs] == [2] * 6  # each variant one population
-    assert [r["adv_config"]["overshoot"] for rs in past["runs"].values() for r in rs[:1]] == [1.0, 2.0, 1.0]
-    merged = json.loads((ctx.out / "adversarial_training.json").read_text())
-    assert merged["beyond"] == past["variants"] and merged["controls"] == result["controls"]
-    md = (ctx.out / "adversarial_training.md").read_text()
-    assert "### Pools past the decision boundary" in md and "A pool variant past the boundary" in md
-    assert beyond.run(ctx, mnist, seeds=(0, 1))["variants"] == past["variants"]  # cached

@@ -73,6 +73,5 @@ def test_recorded_minutes_counts_each_computation_once(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({
         "provenance": {"wall_time_s": 60}, "runs": {"v": [{"wall_s": 120}, {"wall_s": 60}]},
         "study": [{"wall_s_mean": 30, "test_errors": [0.1, 0.2]}],
-        "controls": {"c": {"wall_s_mean": 600, "test_errors": [0.1]}}, "controls_provenance": {"wall_time_s": 600},
-        "beyond": {"b": {"wall_s_mean": 600, "test_errors": [0.1]}}, "beyond_provenance": {"wall_time_s": 600}}))
+        "controls": {"c": {"wall_s_mean": 600, "test_errors": [0.1]}}, "controls_provenance": {"wall_time_s": 600}}))
     assert provenance.recorded_minutes([tmp_path / "a.json", tmp_path / "missing.json"]) == 5.0
