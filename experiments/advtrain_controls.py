@@ -76,7 +76,7 @@ def summary(rs: list[dict]) -> dict:
     return {"seeds": [r["seed"] for r in rs], "setting": rs[0]["setting"], "test_errors": te,
             "train_errors": [r["train_error"] for r in rs], "distortions": [r["attack"]["mean_distortion"] for r in rs],
             "test_error_mean": sum(te) / len(te), "test_error_min": min(te), "test_error_max": max(te),
-            "wall_s_mean": sum(r["wall_s"] for r in rs) / len(rs)}
+            "wall_s_mean": sum(r["wall_s"] for r in rs) / len(rs), "computed_at": [r.get("computed_at") for r in rs]}
 
 
 def render(result: dict) -> str:

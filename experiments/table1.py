@@ -29,7 +29,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                       "attacked": len(x), "success_rate": stats["success_rate"],
                       "failures": stats["failures"], "mean_distortion": stats["mean_distortion"],
                       "median_distortion": stats["median_distortion"],
-                      "attack_wall_s": time.time() - t1, "train_wall_s": meta["provenance"]["wall_time_s"]}
+                      "attack_wall_s": time.time() - t1, "train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date")}
         figures.adversarial_grid(ctx.out / "figures" / f"fig5_{name}.png", x, res.adversarial, y,
                                  res.prediction, title=f"{name}: original | r ×10 | adversarial")
         if model.spec.autoencoder is not None:  # its unsupervised layer's filters

@@ -47,7 +47,7 @@ def run(ctx: common.Context, mnist, layers=LAYERS) -> dict:
         a = units.analyse(model, params, x, y, layer, ctx.key(7), k=K, seed=ctx.seed)
         a["figures"] = _figures(ctx, name, x, a)
         out[name] = {"layer": description, "layer_index": layer, "test_error": meta["test_error"],
-                     "train_wall_s": meta["provenance"]["wall_time_s"],
+                     "train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date"),
                      **{k: v for k, v in a.items() if not k.startswith("_")}}
         c = a["comparisons"]["units vs random"]["purity"]
         print(f"{name}: purity units {c['mean_a']:.3f} vs random {c['mean_b']:.3f} (p = {c['p_value']:.3g})")

@@ -517,7 +517,8 @@ def summarize_runs(runs: dict) -> dict:
     """Per variant, over its seeds' runs (each with ``test_error``, ``attack``, ``layers`` and optionally
     ``train_error``, ``wall_s``, ``pool_s`` and a ``history`` with ``fit``'s pool statistics): mean, spread
     (max − min), min and max of the test error; means of the train error, the attack's distortion (and its
-    spread) and success rate, the wall time and the share of it spent generating pool examples; and the
+    spread) and success rate, the wall time and the share of it spent generating pool examples, when each
+    run was computed (``computed_at``, per seed); and the
     last epoch's pool statistics averaged over the pools (``pool_success``, ``pool_kept``,
     ``pool_distortion``, ``pool_filled``; None without pools)."""
     def mean(rs, get):
@@ -533,7 +534,8 @@ def summarize_runs(runs: dict) -> dict:
                "train_error_mean": mean(rs, lambda r: r.get("train_error")),
                "distortion_mean": float(np.mean(d)), "distortion_spread": float(np.ptp(d)),
                "success_rate": float(np.mean([r["attack"]["success_rate"] for r in rs])),
-               "wall_s_mean": mean(rs, lambda r: r.get("wall_s")), "layers": rs[0]["layers"]}
+               "wall_s_mean": mean(rs, lambda r: r.get("wall_s")), "layers": rs[0]["layers"],
+               "computed_at": [r.get("computed_at") for r in rs]}
         row["pool_share"] = (mean(rs, lambda r: r.get("pool_s", 0.0) / r["wall_s"]) if row["wall_s_mean"]
                              and rs[0]["layers"] else None)
         for stat in ("success", "kept", "distortion", "filled"):

@@ -20,7 +20,7 @@ import jax
 from jax.tree_util import Partial
 
 from intriguing_jax import adversarial_training as at
-from intriguing_jax import attacks, models, report, storage, train, verdicts, zoo
+from intriguing_jax import attacks, models, provenance, report, storage, train, verdicts, zoo
 from intriguing_jax.data import MNIST
 
 
@@ -85,7 +85,7 @@ def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed:
            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
            "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
            "wall_s": wall, "pool_s": sum(h.get("pool_seconds", 0.0) for h in history),
-           "adv_config": dataclasses.asdict(adv)}
+           "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now()}
     storage.write_json(work / f"{stem}.json", out)
     return out
 
@@ -131,7 +131,7 @@ def runs(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed
                    "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
                    "wall_s": sum(h.get("seconds", 0.0) for h in history) + time.time() - t_attack,
                    "pool_s": sum(h.get("pool_seconds", 0.0) for h in history), "population": len(todo),
-                   "adv_config": dataclasses.asdict(adv)}
+                   "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now()}
             storage.write_json(work / f"{stems[seed]}.json", out)
         ckpt.unlink(missing_ok=True)
     return [json.loads((work / f"{stems[s]}.json").read_text()) for s in seeds]
@@ -170,7 +170,7 @@ def population_runs(model_name: str, mnist: MNIST, label: str, loss, settings: d
                     "epochs": cfg.epochs, "test_error": train.error_rate(model.apply, p, mnist.test),
                     "train_error": train.error_rate(model.apply, p, mnist.train),
                     "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
-                    "wall_s": wall, "loss": [h[m] for h in history]})
+                    "wall_s": wall, "loss": [h[m] for h in history], "computed_at": provenance.now()})
     storage.write_json(work / f"{stem}.json", out)
     (work / f"{stem}.partial").unlink(missing_ok=True)
     return out

@@ -29,6 +29,11 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPU cores; jax devices: {len(devs)}x {devs[0].device_kind}"
 
 
+def now() -> str:
+    """The current UTC time as ``record`` writes it; cached steps store it as ``computed_at``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def record(seed: int | None, wall_time_s: float, **extra) -> dict:
     """The provenance block stored in every result file."""
     argv0 = sys.argv[0]
@@ -36,7 +41,7 @@ def record(seed: int | None, wall_time_s: float, **extra) -> dict:
         argv0 = "-m " + os.path.relpath(argv0)[:-3].replace(os.sep, ".")  # run as python -m ...
     return {"command": " ".join(["python", argv0] + sys.argv[1:]), "seed": seed,
             "wall_time_s": round(wall_time_s, 2), "versions": versions(), "machine": machine(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
+            "date": now(), **extra}
 
 
 # sections a recorded study command merges into a pipeline's result file: computed by that command, not
@@ -48,14 +53,39 @@ def recorded_minutes(paths) -> float:
     """The computation the result files ``paths`` record, in minutes: each pipeline's wall time, plus what its
     cached steps took when they were computed (models' ``train_wall_s``, adversarial-training runs'
     ``wall_s``; a study entry counts ``wall_s_mean`` once per seed), leaving out the sections study
-    commands merged in (``MERGED_STUDIES``). 0 if nothing is recorded."""
-    def walk(x) -> float:
+    commands merged in (``MERGED_STUDIES``) and the steps whose ``computed_at`` (one stamp, or one per
+    seed) falls inside the pipeline's own run: their time is already in its wall time. A step without a
+    stamp counts. 0 if nothing is recorded."""
+    def during(stamp, window) -> bool:
+        if window is None or not isinstance(stamp, str):
+            return False
+        t = datetime.datetime.fromisoformat(stamp)
+        return window[0] <= t <= window[1]
+
+    def walk(x, window) -> float:
         if isinstance(x, list):
-            return sum(walk(v) for v in x)
+            return sum(walk(v, window) for v in x)
         if not isinstance(x, dict):
             return 0.0
-        own = sum(float(x[k]) for k in ("train_wall_s", "wall_s", "wall_time_s") if isinstance(x.get(k), (int, float)))
-        if "wall_s_mean" in x and "test_errors" in x and x["wall_s_mean"] is not None:
-            own += x["wall_s_mean"] * len(x["test_errors"])
-        return own + sum(walk(v) for k, v in x.items() if k not in MERGED_STUDIES)
-    return sum(walk(json.loads(pathlib.Path(p).read_text())) for p in paths if pathlib.Path(p).exists()) / 60
+        own = 0.0
+        if not during(x.get("computed_at"), window):
+            own = sum(float(x[k]) for k in ("train_wall_s", "wall_s") if isinstance(x.get(k), (int, float)))
+        if x.get("wall_s_mean") is not None and "test_errors" in x:
+            stamps = x.get("computed_at")
+            stamps = stamps if isinstance(stamps, list) else [stamps] * len(x["test_errors"])
+            own += x["wall_s_mean"] * sum(not during(s, window) for s in stamps)
+        return own + sum(walk(v, window) for k, v in x.items() if k not in MERGED_STUDIES and k != "provenance")
+
+    total = 0.0
+    for p in map(pathlib.Path, paths):
+        if not p.exists():
+            continue
+        result = json.loads(p.read_text())
+        prov, window = result.get("provenance") or {}, None
+        if isinstance(prov.get("wall_time_s"), (int, float)):
+            total += float(prov["wall_time_s"])
+            if isinstance(prov.get("date"), str):
+                end = datetime.datetime.fromisoformat(prov["date"])
+                window = (end - datetime.timedelta(seconds=float(prov["wall_time_s"]) + 1), end + datetime.timedelta(seconds=1))
+        total += walk(result, window)
+    return total / 60
