@@ -1,7 +1,7 @@
 """The search inside the L-BFGS attack: the objective, the per-example search for c, the solver rows
 that examples stream through, and the shortening of each result back to the decision boundary.
 
-``attacks.lbfgs_attack`` validates its input and calls ``attack_streaming`` (or the ``jaxopt`` reference
+``attacks.lbfgs_attack`` validates its input and calls ``attack_loop`` or ``attack_stepped`` (or the ``jaxopt`` reference
 ``attack_lockstep``); both are jitted with the config static and the model (a ``jax.tree_util.Partial``)
 traced, so new weights reuse the compiled program.
 
@@ -295,8 +295,7 @@ def _tick(logits_fn, images, targets, carry, *, shape, cfg):
     return sl, out, queued
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
-def attack_streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
+def _streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
     """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
     example's slot takes the next waiting example at once, so every batched evaluation serves an
     example still being solved (until the queue runs dry). One while loop: one compilation of one
@@ -307,25 +306,62 @@ def attack_streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int
     return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
 
 
-_init_jit = jax.jit(_init_carry, static_argnames=("cfg", "slots"))
-_pending_jit = jax.jit(_pending)
-_tick_jit = jax.jit(_tick, static_argnames=("shape", "cfg"), donate_argnums=(3,))
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "cfg", "slots"))
-def _finish_jit(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int) -> "Outcome":
+def _finish_flat(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int) -> "Outcome":
     return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
 
 
-def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
-    """``attack_streaming`` with its loop on the host: the same ``_tick``, jitted alone and called until
-    no slot holds an example (XLA:CPU runs convolutions slower inside a loop body than in a program of
-    their own; ``PITFALLS``). The same arithmetic, so the same result."""
-    carry = _init_jit(images, targets, cfg=cfg, slots=slots)
-    while bool(_pending_jit(carry)):
-        carry = _tick_jit(logits_fn, images, targets, carry, shape=shape, cfg=cfg)
+# ---- compilation tiers -------------------------------------------------------------------------------
+# XLA:CPU compiles each of the loop body's ~200 small fusions separately, ~15 ms each with its default
+# (MLIR) fusion emitters; its older emitters compile them in about half the time and run the same
+# arithmetic (bit-identical results, tested) 1-13% slower (benchmarks/RESULTS.md). So a program starts
+# in the "fast" tier and is compiled once more, "optimized", when the images it has attacked in this
+# process reach FAST_ROWS: the rent-or-buy rule, with the slower tier's accrued loss at that point about
+# one optimized compilation (~3-5 s at 0.1-0.3 ms lost per image, measured on MLPs and CNNs).
+
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+FAST_ROWS = 16384
+TIERS = ("fast", "optimized")
+
+
+def _jit_tiers(fn, **kw) -> dict:
+    return {"optimized": jax.jit(fn, **kw), "fast": jax.jit(fn, compiler_options=FAST_COMPILE, **kw)}
+
+
+_STREAMING = _jit_tiers(_streaming, static_argnames=("shape", "cfg", "slots"))
+attack_streaming = _STREAMING["optimized"]  # the program other jitted code inlines (tiers do not apply)
+_INIT = _jit_tiers(_init_carry, static_argnames=("cfg", "slots"))
+_PENDING = _jit_tiers(_pending)
+_TICK = _jit_tiers(_tick, static_argnames=("shape", "cfg"), donate_argnums=(3,))
+_FINISH = _jit_tiers(_finish_flat, static_argnames=("shape", "cfg", "slots"))
+_ATTACKED: dict = {}  # a program's signature -> images attacked with it in this process
+
+
+def tier(mode: str, signature, rows: int) -> str:
+    """Which compilation serves a call of ``rows`` images: ``mode`` as ``AttackConfig.compile`` says
+    (``"auto"``: ``"fast"`` on CPU until the program with this ``signature`` has attacked ``FAST_ROWS``
+    images in this process, counting this call's; ``"optimized"`` on other backends)."""
+    if mode != "auto":
+        return mode
+    if jax.default_backend() != "cpu":
+        return "optimized"
+    _ATTACKED[signature] = _ATTACKED.get(signature, 0) + rows
+    return "fast" if _ATTACKED[signature] <= FAST_ROWS else "optimized"
+
+
+def attack_loop(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized") -> "Outcome":
+    """``_streaming`` compiled in ``tier`` (``TIERS``)."""
+    return _STREAMING[tier](logits_fn, images, targets, shape, cfg, slots)
+
+
+def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized") -> "Outcome":
+    """``attack_loop`` with its loop on the host: the same ``_tick``, jitted alone (in ``tier``) and called
+    until no slot holds an example (XLA:CPU runs convolutions slower inside a loop body than in a program
+    of their own; ``PITFALLS``). The same arithmetic, so the same result."""
+    carry = _INIT[tier](images, targets, cfg=cfg, slots=slots)
+    while bool(_PENDING[tier](carry)):
+        carry = _TICK[tier](logits_fn, images, targets, carry, shape=shape, cfg=cfg)
     z, c, evals = carry[1]
-    return _finish_jit(logits_fn, images, targets, z, c, evals, shape, cfg, slots)
+    return _FINISH[tier](logits_fn, images, targets, z, c, evals, shape, cfg, slots)
 
 
 def has_convolution(logits_fn: Partial, example) -> bool:

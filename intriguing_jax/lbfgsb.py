@@ -85,7 +85,7 @@ def _two_loop(q, sq, yq, st: State, gamma0):
     the memory (``sq``, ``yq`` [N, m], slot order), two unit-triangular m×m solves for the recursion's
     coefficients (from the pairs' inner products ``sy``, ``yy``, kept up to date as pairs are stored)
     and one combination."""
-    n, m = sq.shape
+    m = sq.shape[1]
     order = (st.ptr[:, None] - 1 - jnp.arange(m)) % m  # [N, m] slots, newest pair first
     age = lambda a: jnp.take_along_axis(a, order, axis=1)  # noqa: E731
     pairs = lambda a: jnp.take_along_axis(  # noqa: E731
@@ -104,16 +104,21 @@ def _two_loop(q, sq, yq, st: State, gamma0):
     yr = gamma[:, None] * (yq - jnp.einsum("nji,ni->nj", yy, a))
     b = _unit_triangular_solve(upper, rho * yr + jnp.einsum("nji,ni->nj", upper, a), lower=False)
     # H·q = γ q − γ Σ a_i y_i + Σ (a_i − b_i) s_i, coefficients back in slot order
-    slot = lambda c: jnp.zeros_like(c).at[jnp.arange(n)[:, None], order].set(c)  # noqa: E731
+    slot = age  # j -> (ptr − 1 − j) mod m is its own inverse: the same gather puts ages back in slots
     return (gamma[:, None] * q + jnp.einsum("nmd,nm->nd", st.s_mem, slot(a - b))
             - jnp.einsum("nmd,nm->nd", st.y_mem, slot(gamma[:, None] * a)))
 
 
 def _unit_triangular_solve(t, rhs, lower: bool):
-    """x with (I + t) x = rhs for strictly triangular t [N, m, m] (forward/backward substitution)."""
-    eye = jnp.eye(t.shape[-1], dtype=t.dtype)
-    return jax.lax.linalg.triangular_solve(t + eye, rhs[:, :, None], left_side=True, lower=lower,
-                                           unit_diagonal=True)[:, :, 0]
+    """x with (I + t) x = rhs for strictly triangular t [N, m, m]: forward (backward) substitution,
+    unrolled over the m rows as elementwise work that XLA fuses (a LAPACK call per example and solve
+    costs more than the arithmetic at m ≈ 5)."""
+    m = t.shape[-1]
+    x = [None] * m
+    for j in (range(m) if lower else reversed(range(m))):
+        known = range(j) if lower else range(j + 1, m)
+        x[j] = rhs[:, j] - sum((t[:, j, i] * x[i] for i in known), jnp.zeros_like(rhs[:, j]))
+    return jnp.stack(x, axis=1)
 
 
 def _sizes(n: int, min_rows: int | None) -> list[int]:

@@ -281,13 +281,47 @@ def test_compiles_once_for_new_weights(mlp, mnist):
     model, params = mlp
     x, _, t = correctly_classified(model, params, mnist.test, 4)
     cfg = dataclasses.replace(attacks.AttackConfig.smoke(), c_steps=2, maxiter=5)
+    def compiled():
+        return sum(f._cache_size() for f in _engine._STREAMING.values())
+
+    before = compiled()
     attacks.lbfgs_attack(Partial(model.apply, params), x, t, config=cfg)
-    compiled = _engine.attack_streaming._cache_size()
+    assert compiled() == before + 1
     for scale in (0.9, 1.1, 0.8):
         p = jax.tree.map(lambda a, s=scale: a * s, params)
         res = attacks.lbfgs_attack(Partial(model.apply, p), x, t, config=cfg)
         assert res.l2.shape == (4,)
-    assert _engine.attack_streaming._cache_size() == compiled
+    assert compiled() == before + 1
+
+
+def test_compile_tiers_agree_bitwise_and_auto_switches_once(mlp, mnist, monkeypatch):
+    """The fast and the optimized compilation run the same arithmetic: identical results, bit for bit,
+    in the loop and stepped from the host; "auto" serves a program fast until it has attacked
+    ``FAST_ROWS`` images in this process, then compiles it once, optimized."""
+    model, params = mlp
+    fn = Partial(model.apply, params)
+    x, _, t = correctly_classified(model, params, mnist.test, 6)
+    cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=4)
+    for execution in ("loop", "stepped"):
+        fast, opt = (attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution=execution, compile=c))
+                     for c in ("fast", "optimized"))
+        for a, b in zip(fast, opt):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    monkeypatch.setattr(_engine, "FAST_ROWS", 10)
+    monkeypatch.setattr(_engine, "_ATTACKED", {})
+    auto = dataclasses.replace(cfg, execution="loop", c_steps=3)  # a program not compiled yet
+    sizes = lambda: {k: f._cache_size() for k, f in _engine._STREAMING.items()}  # noqa: E731
+    start = sizes()
+    served = []
+    for _ in range(4):  # 6, 12, 18, 24 images attacked
+        before = sizes()
+        attacks.lbfgs_attack(fn, x, t, config=auto)
+        served.append(next((k for k in before if sizes()[k] > before[k]), "cached"))
+    assert served == (["fast", "optimized", "cached", "cached"] if jax.default_backend() == "cpu" else
+                      ["optimized", "cached", "cached", "cached"])
+    assert sum(sizes().values()) == sum(start.values()) + len(set(served) - {"cached"})
+    with pytest.raises(ValueError, match="compile"):
+        attacks.AttackConfig(compile="eager")
 
 
 def _tiny_cnn():

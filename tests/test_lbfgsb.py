@@ -86,3 +86,33 @@ def test_no_worse_than_jaxopt_on_a_nonquadratic_problem():
     ref = jnp.clip(ref, lo, hi)
     f_ours, f_ref = jax.vmap(f)(ours.x, W, b), jax.vmap(f)(ref, W, b)
     assert np.all(np.asarray(f_ours) <= np.asarray(f_ref) * (1 + 1e-5)), (f_ours, f_ref)
+
+
+def test_two_loop_recursion_matches_the_textbook_form():
+    """The batched small-matrix form of the two-loop recursion (memory in circular slots, triangular
+    solves by unrolled substitution) equals Nocedal & Wright's Algorithm 7.4 run pair by pair."""
+    rng = np.random.default_rng(0)
+    n, m, d = 3, 4, 6
+    st = lbfgsb.init_rows(jnp.zeros((n, d)), jnp.zeros(n), jnp.zeros((n, d)), -10.0, 10.0, history=m)
+    pairs = [[] for _ in range(n)]
+    for k in range(6):  # more pairs than slots: the oldest are overwritten
+        s = rng.normal(size=(n, d))
+        y = s @ np.diag(rng.uniform(0.5, 2.0, d)) + 0.05 * rng.normal(size=(n, d))  # s·y > 0
+        st = st._replace(s_new=jnp.asarray(s, jnp.float32), y_new=jnp.asarray(y, jnp.float32),
+                         store=jnp.ones(n, bool))
+        for i in range(n):
+            pairs[i] = (pairs[i] + [(s[i], y[i])])[-m:]
+        q = rng.normal(size=(n, d))
+        st_after, sq, yq = lbfgsb._remember(st, jnp.asarray(q, jnp.float32))
+        st = st_after._replace(store=jnp.zeros(n, bool))
+        got = np.asarray(lbfgsb._two_loop(jnp.asarray(q, jnp.float32), sq, yq, st, jnp.ones(n)))
+        for i in range(n):
+            r, a = q[i].copy(), []
+            for s_j, y_j in reversed(pairs[i]):  # newest first
+                a.append(s_j @ r / (s_j @ y_j))
+                r -= a[-1] * y_j
+            s_new, y_new = pairs[i][-1]
+            r *= (s_new @ y_new) / (y_new @ y_new)
+            for (s_j, y_j), a_j in zip(pairs[i], reversed(a)):  # oldest first
+                r += s_j * (a_j - y_j @ r / (s_j @ y_j))
+            np.testing.assert_allclose(got[i], r, rtol=2e-4, atol=2e-5, err_msg=f"pair {k}, row {i}")
