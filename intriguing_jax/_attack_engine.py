@@ -1,9 +1,10 @@
 """The search inside the L-BFGS attack: the objective, the per-example search for c, the solver rows
 that examples stream through, and the shortening of each result back to the decision boundary.
 
-``attacks.lbfgs_attack`` validates its input and calls ``attack_loop`` or ``attack_stepped`` (or the ``jaxopt`` reference
-``attack_lockstep``); both are jitted with the config static and the model (a ``jax.tree_util.Partial``)
-traced, so new weights reuse the compiled program.
+``attacks.lbfgs_attack`` validates its input and calls ``attack_loop`` or ``attack_stepped`` (or the
+``jaxopt`` reference ``attack_lockstep``), jitted with the config static and the model (a
+``jax.tree_util.Partial``) traced, so new weights reuse the compiled program; each in two compilation
+tiers (``TIERS``).
 
 References: Szegedy et al. 2014, Sec. 4.1; Byrd, Lu, Nocedal & Zhu 1995 (L-BFGS-B, ``lbfgsb``).
 """
@@ -313,10 +314,10 @@ def _finish_flat(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int
 # ---- compilation tiers -------------------------------------------------------------------------------
 # XLA:CPU compiles each of the loop body's ~200 small fusions separately, ~15 ms each with its default
 # (MLIR) fusion emitters; its older emitters compile them in about half the time and run the same
-# arithmetic (bit-identical results, tested) 1-13% slower (benchmarks/RESULTS.md). So a program starts
-# in the "fast" tier and is compiled once more, "optimized", when the images it has attacked in this
-# process reach FAST_ROWS: the rent-or-buy rule, with the slower tier's accrued loss at that point about
-# one optimized compilation (~3-5 s at 0.1-0.3 ms lost per image, measured on MLPs and CNNs).
+# arithmetic (bit-identical results, tested) up to ~15% slower on MLPs, about as fast on CNNs
+# (benchmarks/RESULTS.md). So a program starts in the "fast" tier and is compiled once more, "optimized",
+# when the images it has attacked in this process reach FAST_ROWS: the rent-or-buy rule, with the slower
+# tier's accrued loss at that point about one optimized compilation (~3-5 s at 0.1-0.3 ms lost per image).
 
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 FAST_ROWS = 16384

@@ -81,9 +81,9 @@ class AttackConfig:
         inside a loop body, PITFALLS), ``"auto"`` (stepped on CPU for a model with a convolution, else the
         loop; always the loop under an outer ``jit``). The same arithmetic either way.
       compile: how XLA compiles the attack's programs: ``"fast"`` (on CPU, XLA's older fusion emitters:
-        about half the compile time of the first call, 1-13% slower per iteration), ``"optimized"`` (the
-        backend's defaults), ``"auto"`` (on CPU, fast until a program has attacked
-        ``_attack_engine.FAST_ROWS`` images in this process, then optimized; elsewhere optimized).
+        about half the compile time of the first call; up to ~15% slower per call on MLPs, about as fast
+        on CNNs), ``"optimized"`` (the backend's defaults), ``"auto"`` (on CPU, fast until a program has
+        attacked ``_attack_engine.FAST_ROWS`` images in this process, then optimized; elsewhere optimized).
         Results are bit-identical across tiers; under an outer ``jit`` the outer program's compilation
         applies.
     """
