@@ -348,7 +348,10 @@ def test_host_stepped_and_single_loop_execution_agree(mnist):
     stepped = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution="stepped"))
     assert bool(loop.success.all()) and loop.adversarial.shape == x.shape
     np.testing.assert_array_equal(np.asarray(stepped.success), np.asarray(loop.success))
-    np.testing.assert_allclose(np.asarray(stepped.l2), np.asarray(loop.l2), rtol=5e-3)
+    # two programs, so XLA may round differently (~1 ulp), but every decision of the search is the same
+    np.testing.assert_array_equal(np.asarray(stepped.grad_evals), np.asarray(loop.grad_evals))
+    np.testing.assert_allclose(np.asarray(stepped.adversarial), np.asarray(loop.adversarial), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stepped.l2), np.asarray(loop.l2), rtol=1e-5)
     example = jax.ShapeDtypeStruct(x.shape, jnp.float32)
     assert attacks._stepped(fn, jnp.asarray(x), cfg) == (jax.default_backend() == "cpu")
     assert _engine.has_convolution(fn, example)
