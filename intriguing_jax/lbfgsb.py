@@ -110,15 +110,10 @@ def _two_loop(q, sq, yq, st: State, gamma0):
 
 
 def _unit_triangular_solve(t, rhs, lower: bool):
-    """x with (I + t) x = rhs for strictly triangular t [N, m, m]: forward (backward) substitution,
-    unrolled over the m rows as elementwise work that XLA fuses (a LAPACK call per example and solve
-    costs more than the arithmetic at m ≈ 5)."""
-    m = t.shape[-1]
-    x = [None] * m
-    for j in (range(m) if lower else reversed(range(m))):
-        known = range(j) if lower else range(j + 1, m)
-        x[j] = rhs[:, j] - sum((t[:, j, i] * x[i] for i in known), jnp.zeros_like(rhs[:, j]))
-    return jnp.stack(x, axis=1)
+    """x with (I + t) x = rhs for strictly triangular t [N, m, m] (forward/backward substitution)."""
+    eye = jnp.eye(t.shape[-1], dtype=t.dtype)
+    return jax.lax.linalg.triangular_solve(t + eye, rhs[:, :, None], left_side=True, lower=lower,
+                                           unit_diagonal=True)[:, :, 0]
 
 
 def _sizes(n: int, min_rows: int | None) -> list[int]:
