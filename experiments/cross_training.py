@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from experiments import common, cross_model
-from intriguing_jax import attacks, noise, paper, report, storage, train, transfer, verdicts
+from intriguing_jax import attacks, noise, paper, provenance, report, storage, train, transfer, verdicts
 
 # (display name, registry model, training split)
 MODELS = (("FC100-100-10", "FC100-100-10", "p1"), ("FC123-456-10", "FC123-456-10", "p1"),
@@ -36,7 +36,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
         table3[display] = {"model": name, "trained_on": split.upper(), "p1_error": meta["p1_error"],
                            "p2_error": meta["p2_error"], "test_error": meta["test_error"],
                            "success_rate": stats["success_rate"], "failures": stats["failures"],
-                           "mean_distortion": stats["mean_distortion"], "train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date")}
+                           "mean_distortion": stats["mean_distortion"], **provenance.training_cost(meta)}
     rows = {f"Distorted for {d}": a for d, a in adv.items()}
     rows.update(noise.gaussian_rows(ctx.key(5, 0), x, 0.06))
     rows.update({f"Distorted for {d}{MAGNIFIED}": np.asarray(transfer.rescale_to_rms(x, a, MAGNIFIED_RMS))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import attacks, figures, paper, report, storage, verdicts
+from intriguing_jax import attacks, figures, paper, provenance, report, storage, verdicts
 
 MODELS = paper.TABLE1_MODELS
 
@@ -29,7 +29,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                       "attacked": len(x), "success_rate": stats["success_rate"],
                       "failures": stats["failures"], "mean_distortion": stats["mean_distortion"],
                       "median_distortion": stats["median_distortion"],
-                      "attack_wall_s": time.time() - t1, "train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date")}
+                      "attack_wall_s": time.time() - t1, **provenance.training_cost(meta)}
         figures.adversarial_grid(ctx.out / "figures" / f"fig5_{name}.png", x, res.adversarial, y,
                                  res.prediction, title=f"{name}: original | r ×10 | adversarial")
         if model.spec.autoencoder is not None:  # its unsupervised layer's filters

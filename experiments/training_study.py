@@ -16,7 +16,7 @@ import time
 
 from experiments import common
 from experiments.training_recipes import LAMBDA_SCAN, STUDIES, T
-from intriguing_jax import compile_cache, models, paper, report, storage, train, zoo
+from intriguing_jax import compile_cache, models, paper, provenance, report, storage, train, zoo
 
 
 def lambda_scan(ctx, mnist, convention: str) -> dict:
@@ -53,7 +53,7 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
                 result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
                                          "config": dataclasses.asdict(cfg), "config_key": zoo.config_key(name, cfg, split),
                                          "train_error": meta["train_error"], "test_error": meta["test_error"],
-                                         "train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date"), "this_call_s": time.time() - t0}
+                                         **provenance.training_cost(meta), "this_call_s": time.time() - t0}
             result["provenance"] = common.record(ctx, t0, pipeline="training_study")
             storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     return result

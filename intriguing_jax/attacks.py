@@ -21,7 +21,7 @@ References: Szegedy et al. 2014, Sec. 4.1.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal, NamedTuple
+from typing import Callable, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +111,8 @@ class AttackConfig:
     refine_classes: int = 4
     execution: Literal["auto", "loop", "stepped"] = "auto"
     compile: Literal["auto", "fast", "optimized"] = "auto"
+    # the compilation tier never changes a result (bit-identical), so cached attacks serve every tier
+    NOT_IN_CACHE_KEY: ClassVar[tuple[str, ...]] = ("compile",)
 
     def __post_init__(self):
         lo, hi = self.box

@@ -44,6 +44,12 @@ def record(seed: int | None, wall_time_s: float, **extra) -> dict:
             "date": now(), **extra}
 
 
+def training_cost(meta: dict) -> dict:
+    """What a cached model's training took and when (``train_wall_s``, ``computed_at``), from the
+    checkpoint metadata ``meta`` that ``zoo.trained`` returns: the fields ``recorded_minutes`` reads."""
+    return {"train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date")}
+
+
 # sections a recorded study command merges into a pipeline's result file: computed by that command, not
 # by the pipeline (``experiments.advtrain_controls``)
 MERGED_STUDIES = ("controls", "controls_provenance")

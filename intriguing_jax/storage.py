@@ -141,10 +141,22 @@ def cached_chunks(compute: Callable[[int, int], T], n: int, chunk_size: int, kin
 
 def cache_key(obj, length: int = 8) -> str:
     """A short stable hash of a (dataclass) config or JSON-able object, for cache keys (Python's hash()
-    is salted per process)."""
-    blob = json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=True,
-                      default=str)
+    is salted per process). A dataclass's fields named in its ``NOT_IN_CACHE_KEY`` (settings that never
+    change a result) are left out, also in nested dataclasses."""
+    blob = json.dumps(_key_view(obj), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _key_view(obj):
+    """``obj`` as ``dataclasses.asdict`` would give it, less each dataclass's ``NOT_IN_CACHE_KEY`` fields."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        skip = getattr(obj, "NOT_IN_CACHE_KEY", ())
+        return {f.name: _key_view(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    if isinstance(obj, (list, tuple)):
+        return [_key_view(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _key_view(v) for k, v in obj.items()}
+    return obj
 
 
 def safe_name(name: str) -> str:

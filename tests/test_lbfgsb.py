@@ -89,8 +89,8 @@ def test_no_worse_than_jaxopt_on_a_nonquadratic_problem():
 
 
 def test_two_loop_recursion_matches_the_textbook_form():
-    """The batched small-matrix form of the two-loop recursion (memory in circular slots, triangular
-    solves by unrolled substitution) equals Nocedal & Wright's Algorithm 7.4 run pair by pair."""
+    """The batched small-matrix form of the two-loop recursion (memory in circular slots, two unit
+    triangular solves) equals Nocedal & Wright's Algorithm 7.4 run pair by pair."""
     rng = np.random.default_rng(0)
     n, m, d = 3, 4, 6
     st = lbfgsb.init_rows(jnp.zeros((n, d)), jnp.zeros(n), jnp.zeros((n, d)), -10.0, 10.0, history=m)

@@ -63,6 +63,8 @@ def test_cache_keys_and_safe_names():
     assert storage.cache_key(train.TrainConfig()) == storage.cache_key(train.TrainConfig())
     assert storage.cache_key(train.TrainConfig()) != storage.cache_key(train.TrainConfig(epochs=3))
     assert len(storage.cache_key(attacks.AttackConfig(), 12)) == 12
+    # how the attack is compiled never changes its result: one cache serves every tier
+    assert storage.cache_key(attacks.AttackConfig(compile="fast")) == storage.cache_key(attacks.AttackConfig())
     assert storage.safe_name("FC10(1e-4) a/b") == "FC10_1e-4__a_b"
     np.testing.assert_array_equal(storage.pad_rows(np.array([1, 2]), 4), [1, 2, 2, 2])
 
