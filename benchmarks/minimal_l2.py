@@ -1,4 +1,4 @@
-"""How small: our attack (plain and ``refine=True``) against foolbox 3's minimal-L2 attacks, side by side.
+"""How small: our attack (the paper's, the default with its boundary walk, ``refine=True``) against foolbox 3's minimal-L2 attacks.
 
     pip install -e '.[bench]'          # foolbox 3.3.4 (JAX models through EagerPy)
     python -m benchmarks.minimal_l2    # FC100-100-10, the held-out ReLU MLP, softmax regression
@@ -41,9 +41,13 @@ def _foolbox(fb, make):
 
 
 def attacks_to_compare(fb, cw_steps):
+    import dataclasses
+
     from intriguing_jax import attacks
-    out = {"ours (cross-entropy, the paper's)": _ours(attacks.AttackConfig()),
-           "ours, refine=True": _ours(attacks.AttackConfig(refine=True))}
+    paper = attacks.AttackConfig(ftol=3e-4, c_rtol=0.1, walk_steps=0)  # the defaults before walk_steps
+    out = {"ours (cross-entropy, the paper's; walk_steps=0)": _ours(paper),
+           "ours, default (walk_steps=25)": _ours(attacks.AttackConfig()),
+           "ours, refine=True (walk_steps=0)": _ours(dataclasses.replace(paper, refine=True))}
     if fb is not None:
         out["foolbox DDN (100 steps)"] = _foolbox(fb, lambda: fb.attacks.DDNAttack())
         out["foolbox FMN (100 steps)"] = _foolbox(fb, lambda: fb.attacks.L2FMNAttack())

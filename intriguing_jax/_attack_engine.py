@@ -307,8 +307,22 @@ def _streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "
     return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
 
 
-def _finish_flat(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int) -> "Outcome":
-    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
+def _finish_flat(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int, walk: bool = True) -> "Outcome":
+    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots, walk)
+
+
+def _walk_start(logits_fn, images, targets, z, *, shape, cfg):
+    return refine.walk_start(images, shorten(_flat(logits_fn, shape), images, targets, z, cfg)[0], cfg.box)
+
+
+def _walk_step(logits_fn, images, targets, k, state, *, shape, cfg):
+    return refine.walk_step(_flat(logits_fn, shape), images, targets, k, state, steps=cfg.walk_steps,
+                            gamma=cfg.walk_gamma, box=cfg.box)
+
+
+def _walk_end(images, z, evals, state, cfg):
+    z, more = refine.walk_end(images, z, state, cfg.walk_steps)
+    return z, evals + more
 
 
 # ---- compilation tiers -------------------------------------------------------------------------------
@@ -333,7 +347,10 @@ attack_streaming = _STREAMING["optimized"]  # the program other jitted code inli
 _INIT = _jit_tiers(_init_carry, static_argnames=("cfg", "slots"))
 _PENDING = _jit_tiers(_pending)
 _TICK = _jit_tiers(_tick, static_argnames=("shape", "cfg"), donate_argnums=(3,))
-_FINISH = _jit_tiers(_finish_flat, static_argnames=("shape", "cfg", "slots"))
+_FINISH = _jit_tiers(_finish_flat, static_argnames=("shape", "cfg", "slots", "walk"))
+_WALK_START = _jit_tiers(_walk_start, static_argnames=("shape", "cfg"))
+_WALK_STEP = _jit_tiers(_walk_step, static_argnames=("shape", "cfg"), donate_argnums=(4,))
+_WALK_END = _jit_tiers(_walk_end, static_argnames=("cfg",))
 _ATTACKED: dict = {}  # a program's signature -> images attacked with it in this process
 
 
@@ -362,7 +379,25 @@ def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, 
     while bool(_PENDING[tier](carry)):
         carry = _TICK[tier](logits_fn, images, targets, carry, shape=shape, cfg=cfg)
     z, c, evals = carry[1]
-    return _FINISH[tier](logits_fn, images, targets, z, c, evals, shape, cfg, slots)
+    if cfg.walk_steps:  # the walk stepped from the host too, in blocks of ``slots`` rows (the last padded:
+        # one compilation; 128-row blocks measured 13% slower on the flax CNN, benchmarks/RESULTS.md)
+        n = images.shape[0]
+        block = slots
+        size = -(-n // block) * block
+        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])  # noqa: E731
+        xs, zs, ts, es = (pad(a) for a in (images, z, targets, evals))
+        walked, spent = [], []
+        for start in range(0, size, block):
+            rows = slice(start, start + block)
+            x, zb, tb = xs[rows], zs[rows], ts[rows]
+            state = _WALK_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg)
+            for k in range(cfg.walk_steps + 1):
+                state = _WALK_STEP[tier](logits_fn, x, tb, jnp.asarray(k, jnp.int32), state, shape=shape, cfg=cfg)
+            zb, eb = _WALK_END[tier](x, zb, es[rows], state, cfg=cfg)
+            walked.append(zb)
+            spent.append(eb)
+        z, evals = jnp.concatenate(walked)[:n], jnp.concatenate(spent)[:n]
+    return _FINISH[tier](logits_fn, images, targets, z, c, evals, shape, cfg, slots, walk=False)
 
 
 def has_convolution(logits_fn: Partial, example) -> bool:
@@ -391,8 +426,42 @@ def _walk(jaxpr) -> bool:
     return walk(jaxpr)
 
 
-def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "Outcome":
-    """The result: each successful example refined (``cfg.refine``, ``intriguing_jax.refine``), its
+def shorten(flat_logits, x, targets, z, cfg):
+    """Each perturbation ``z − x`` shortened to the smallest ``s·(z − x)`` that still reaches the target
+    (bisection of s, ``cfg.shrink_steps`` forward passes), verified on the exact image returned.
+
+    Returns:
+      ``(z, prediction, success)``: rows where ``z`` does not reach the target come back as ``z``
+      (clipped to the box), with their prediction.
+    """
+    lo, hi = cfg.box
+    r = jnp.clip(z, lo, hi) - x
+    ones = jnp.ones((x.shape[0],), x.dtype)
+
+    def probe(i, state):
+        # i = 0 checks the perturbation as found (and gives a failure its prediction); each later
+        # step halves the bracket [short, long] of lengths with long always verified to succeed
+        short, long, first_ok, first_pred = state
+        s = jnp.where(i == 0, ones, 0.5 * (short + long))
+        logits = flat_logits(jnp.clip(x + s[:, None] * r, lo, hi))
+        pred = jnp.argmax(logits, -1)
+        ok = refine.leads(logits, targets)
+        first_ok = jnp.where(i == 0, ok, first_ok)
+        first_pred = jnp.where(i == 0, pred, first_pred)
+        short = jnp.where((i > 0) & ~ok, s, short)
+        long = jnp.where((i > 0) & ok, s, long)
+        return short, long, first_ok, first_pred
+
+    init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), targets)
+    _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
+    # the returned image is exactly the one verified: x + long·r where the check succeeded
+    return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, targets, pred), ok
+
+
+def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True) -> "Outcome":
+    """The result: each successful example shortened to the boundary and walked along it
+    (``cfg.walk_steps``; not when
+    ``walk`` is False: the caller walked it) and refined (``cfg.refine``, ``intriguing_jax.refine``), its
     perturbation shortened back to the decision boundary (bisection of its length, ``shrink_steps``
     forward passes), and every example re-verified on the exact returned image. Runs in blocks of
     ``block`` rows (memory bounded by the block)."""
@@ -404,30 +473,16 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block) -> "Outcome"
 
     def finish(args):
         xb, zb, tb = args
-        zb, extra = (refine.refine(flat_logits, xb, tb, jnp.clip(zb, lo, hi), steps=cfg.refine_steps,
-                                   classes=cfg.refine_classes, kappa=cfg.kappa, box=cfg.box)
-                     if cfg.refine else (zb, jnp.zeros(tb.shape, jnp.int32)))
-        r = jnp.clip(zb, lo, hi) - xb
-        ones = jnp.ones((xb.shape[0],), xb.dtype)
-
-        def probe(i, state):
-            # i = 0 checks the perturbation as found (and gives a failure its prediction); each later
-            # step halves the bracket [short, long] of lengths with long always verified to succeed
-            short, long, first_ok, first_pred = state
-            s = jnp.where(i == 0, ones, 0.5 * (short + long))
-            logits = flat_logits(jnp.clip(xb + s[:, None] * r, lo, hi))
-            pred = jnp.argmax(logits, -1)
-            ok = refine.leads(logits, tb)
-            first_ok = jnp.where(i == 0, ok, first_ok)
-            first_pred = jnp.where(i == 0, pred, first_pred)
-            short = jnp.where((i > 0) & ~ok, s, short)
-            long = jnp.where((i > 0) & ok, s, long)
-            return short, long, first_ok, first_pred
-
-        init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), tb)
-        _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
-        # the returned image is exactly the one verified: x + long·r where the check succeeded
-        return jnp.clip(xb + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, tb, pred), extra
+        extra = jnp.zeros(tb.shape, jnp.int32)
+        if cfg.walk_steps and walk:  # from the example shortened to the boundary
+            zb, extra = refine.walk(flat_logits, xb, tb, shorten(flat_logits, xb, tb, zb, cfg)[0],
+                                    steps=cfg.walk_steps, gamma=cfg.walk_gamma, box=cfg.box)
+        if cfg.refine:
+            zb, more = refine.refine(flat_logits, xb, tb, jnp.clip(zb, lo, hi), steps=cfg.refine_steps,
+                                     classes=cfg.refine_classes, kappa=cfg.kappa, box=cfg.box)
+            extra = extra + more
+        z_out, pred, _ = shorten(flat_logits, xb, tb, zb, cfg)
+        return z_out, pred, extra
 
     x_adv, pred, extra = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
     x_adv, pred, evals = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n], evals + extra.reshape(-1)[:n]

@@ -89,6 +89,22 @@ def test_refinement_never_lengthens_and_keeps_every_success(mlp, mnist):
     np.testing.assert_array_equal(np.asarray(refined.grad_evals)[~ok], np.asarray(plain.grad_evals)[~ok])
 
 
+def test_boundary_walk_never_lengthens_and_keeps_every_success(mlp, mnist):
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 16)
+    fn = Partial(model.apply, params)
+    cfg = dataclasses.replace(CFG, c_steps=4, maxiter=40)
+    plain = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, walk_steps=0))
+    walked = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, walk_steps=15))
+    ok = np.asarray(walked.success)
+    np.testing.assert_array_equal(ok, np.asarray(plain.success))
+    np.testing.assert_array_equal(np.argmax(model.apply(params, np.asarray(walked.adversarial)), -1)[ok], t[ok])
+    assert np.all(np.asarray(walked.l2) <= np.asarray(plain.l2) * (1 + 1e-5))
+    assert float(walked.l2[ok].mean()) < float(plain.l2[ok].mean())
+    extra = np.asarray(walked.grad_evals) - np.asarray(plain.grad_evals)
+    assert ok.sum() >= 12 and np.all(extra[ok] == 16) and np.all(extra[~ok] == 0)
+
+
 def test_per_example_independence_and_permutation(mlp, mnist):
     model, params = mlp
     x, _, t = correctly_classified(model, params, mnist.test, 6)
@@ -137,7 +153,7 @@ def test_batched_solver_no_worse_than_jaxopt(linear, mnist):
     fn = Partial(model.apply, params)
     const = jnp.full((len(t),), 0.05)
     flat, tt = jnp.asarray(x), jnp.asarray(t)
-    cfg = attacks.AttackConfig(maxiter=200)
+    cfg = attacks.AttackConfig(maxiter=200, ftol=1e-5)  # solved to convergence: the default stops early
     objective = lambda r: _engine._objective(fn, flat, tt, const, r, cfg)
 
     def vg(r, aux):
@@ -343,7 +359,7 @@ def test_host_stepped_and_single_loop_execution_agree(mnist):
     fn = Partial(net.apply, params)
     x = mnist.test.images[:6].reshape(-1, 28, 28, 1)
     t = (np.asarray(jnp.argmax(net.apply(params, x), -1)) + 3) % 10
-    cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=4)
+    cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=4, walk_steps=6)  # the walk stepped too
     loop = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution="loop"))
     stepped = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, execution="stepped"))
     assert bool(loop.success.all()) and loop.adversarial.shape == x.shape

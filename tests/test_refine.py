@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,3 +55,38 @@ def test_refine_settings_are_checked():
         attacks.AttackConfig(refine=True, refine_steps=0)
     with pytest.raises(ValueError, match="refine_classes"):
         attacks.AttackConfig(refine_classes=0)
+
+
+def _bumpy_model(d=24, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    w1 = jnp.asarray(rng.normal(size=(d, 32)), jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(32, k)), jnp.float32)
+    return lambda z: jax.nn.relu(z @ w1 - 0.5) @ w2
+
+
+def test_walk_never_lengthens_keeps_every_success_and_counts_its_evaluations():
+    fn = _bumpy_model()
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(0.2, 0.8, (64, 24)), jnp.float32)
+    z = jnp.clip(x + jnp.asarray(rng.normal(scale=0.5, size=x.shape), jnp.float32), 0, 1)
+    t = jnp.argmax(fn(z), -1)  # every far point z reaches its own target ...
+    t = t.at[0].set((t[0] + 1) % 4)  # ... but row 0's (a failure: left as it is)
+    z = z.at[1].set(x[1])
+    t = t.at[1].set(jnp.argmax(fn(x[1:2]), -1)[0])  # row 1: x itself reaches the target (nothing to walk)
+    start = refine.leads(fn(z), t)
+    out, evals = refine.walk(fn, x, t, z, steps=20, gamma=0.01, box=(0.0, 1.0))
+    out, evals, start = np.asarray(out), np.asarray(evals), np.asarray(start)
+    before, after = (np.linalg.norm(np.asarray(v) - np.asarray(x), axis=1) for v in (z, out))
+    assert not start[0] and start[1] and start.sum() >= 40
+    np.testing.assert_array_equal(out[~start], np.asarray(z)[~start])
+    assert np.all(np.asarray(refine.leads(fn(out), t))[start]) and np.all((out >= 0) & (out <= 1))
+    assert np.all(after <= before + 1e-6) and np.mean(after[start] / np.maximum(before[start], 1e-9)) < 0.9
+    walked = start & (before > 0)
+    np.testing.assert_array_equal(evals, np.where(walked, 21, 0))
+
+
+def test_walk_settings_are_checked():
+    with pytest.raises(ValueError, match="walk_steps"):
+        attacks.AttackConfig(walk_steps=-1)
+    with pytest.raises(ValueError, match="walk_gamma"):
+        attacks.AttackConfig(walk_gamma=1.5)
