@@ -246,7 +246,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--qp-images", type=int, default=20, help="softmax-regression images compared with the exact minimum")
+    p.add_argument("--qp-images", type=int, default=20, help="softmax-regression images compared with the exact minimum (0: skip)")
     p.add_argument("--workdir", default="workdir")
     p.add_argument("--no-advertorch", action="store_true", help="skip advertorch (about 30 s per model)")
     p.add_argument("--first-call", nargs=4, metavar=("MODEL", "WORKDIR", "CACHE", "N"), help=argparse.SUPPRESS)
@@ -345,6 +345,8 @@ def main(argv=None):
         print(f"\nours, first call in a new process: {firsts[0][0]:.2f} s with an empty compilation cache, "
               f"{firsts[1][0]:.2f} s with it filled ({firsts[1][1]} program(s) loaded from it)")
 
+    if args.qp_images < 1:
+        return 0
     # Softmax regression: the exact minimum is a convex QP.
     lin, lin_params, x, t = _problem("FC10(1e-4)", mnist, args.workdir, args.qp_images)
     exact = np.array([linear_min_l2(np.asarray(lin_params["params"]["dense_0"]["kernel"], np.float64),
