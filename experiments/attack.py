@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--c-steps", type=int, default=attacks.AttackConfig.c_steps)
     p.add_argument("--maxiter", type=int, default=attacks.AttackConfig.maxiter)
+    p.add_argument("--walk-steps", type=int, default=attacks.AttackConfig.walk_steps,
+                   help="boundary-walk steps after the c search (0: the paper's minimiser, shortened)")
     p.add_argument("--solver", default="batched", choices=sorted(attacks.SOLVERS))
     p.add_argument("--block-size", type=int, default=None,
                    help="examples solved at once (default: 32 on CPU, 8192 on accelerators)")
@@ -35,7 +37,7 @@ def main(argv=None):
     mnist = common.setup(args)
     model, params, _ = zoo.trained(args.model, mnist, seed=args.seed, workdir=args.workdir)
     cfg = attacks.AttackConfig(c_steps=args.c_steps, maxiter=args.maxiter, solver=args.solver,
-                                block_size=args.block_size)
+                                block_size=args.block_size, walk_steps=args.walk_steps)
     x, y = mnist.test.images[: args.num_images], mnist.test.labels[: args.num_images]
     targets = np.asarray(attacks.random_wrong_targets(jax.random.key(args.seed), y))
     t0 = time.time()

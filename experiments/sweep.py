@@ -35,6 +35,8 @@ def main(argv=None):
     p.add_argument("--c-steps", type=int, nargs="+", default=[attacks.AttackConfig.c_steps],
                    help="one attack config per value")
     p.add_argument("--maxiter", type=int, default=attacks.AttackConfig.maxiter)
+    p.add_argument("--walk-steps", type=int, default=attacks.AttackConfig.walk_steps,
+                   help="boundary-walk steps after the c search (0: the paper's minimiser, shortened)")
     p.add_argument("--out", default="workdir/sweeps", help="shard files (shared by all processes)")
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
     p.add_argument("--num-processes", type=int, default=1)
@@ -55,7 +57,8 @@ def main(argv=None):
         model, params, _ = common.trained(ctx, mnist, name)
         fns[name] = Partial(model.apply, params)
     spec = sweep.SweepSpec(models=tuple(args.models), num_images=args.num_images, targets=args.targets,
-                           configs=tuple(attacks.AttackConfig(c_steps=c, maxiter=args.maxiter) for c in args.c_steps),
+                           configs=tuple(attacks.AttackConfig(c_steps=c, maxiter=args.maxiter, walk_steps=args.walk_steps)
+                                         for c in args.c_steps),
                            shard_size=args.shard_size, device_batch=args.device_batch, seed=args.seed)
     total = len(sweep.work_items(spec, mnist.test.labels)[0]) * len(spec.models) * len(spec.configs)
     print(f"sweep {spec.digest()}: {total} attacks in {len(sweep.expand(spec, mnist.test.labels))} shards on "
