@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-GRID = {"ftol 1e-5, c_rtol 0.03 (before)": dict(ftol=1e-5, c_rtol=0.03),
+GRID = {"ftol 1e-5, c_rtol 0.03 (before)": dict(ftol=1e-5, c_rtol=0.03, walk_steps=0),
         "ftol 3e-4, c_rtol 0.1 (the defaults until walk_steps)": dict(ftol=3e-4, c_rtol=0.1, walk_steps=0),
         "ftol 1e-3, c_rtol 0.1": dict(ftol=1e-3, c_rtol=0.1, walk_steps=0),
         "ftol 3e-4, c_rtol 0.1, walk 25": dict(ftol=3e-4, c_rtol=0.1, walk_steps=25),
@@ -65,7 +65,7 @@ def main(argv=None):
                          "mean_l2": float(ddn_l2[ddn_ok].mean()), "images_per_s": len(x) / wall})
         base_l2 = base_ok = None
         for label, kw in GRID.items():
-            cfg = dataclasses.replace(attacks.AttackConfig(), **{"walk_steps": 0, **kw})
+            cfg = dataclasses.replace(attacks.AttackConfig(), **kw)
             jax.block_until_ready(attacks.lbfgs_attack(fn, x, t, config=cfg))
             t0 = time.perf_counter()
             r = jax.block_until_ready(attacks.lbfgs_attack(fn, x, t, config=cfg))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from intriguing_jax import lbfgsb, refine
+from intriguing_jax import lbfgsb, refine, storage
 
 # ``cfg`` below is an ``attacks.AttackConfig`` (hashable, static under jit). The attack's results leave
 # this module as ``Outcome``; ``attacks`` wraps them in its public ``AttackResult`` (no import back).
@@ -384,8 +384,7 @@ def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, 
         n = images.shape[0]
         block = slots
         size = -(-n // block) * block
-        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])  # noqa: E731
-        xs, zs, ts, es = (pad(a) for a in (images, z, targets, evals))
+        xs, zs, ts, es = (storage.pad_rows(a, size) for a in (images, z, targets, evals))
         walked, spent = [], []
         for start in range(0, size, block):
             rows = slice(start, start + block)
@@ -431,8 +430,8 @@ def shorten(flat_logits, x, targets, z, cfg):
     (bisection of s, ``cfg.shrink_steps`` forward passes), verified on the exact image returned.
 
     Returns:
-      ``(z, prediction, success)``: rows where ``z`` does not reach the target come back as ``z``
-      (clipped to the box), with their prediction.
+      ``(z, prediction)``: rows where ``z`` does not reach the target come back as ``z`` (clipped to the
+      box), with their prediction.
     """
     lo, hi = cfg.box
     r = jnp.clip(z, lo, hi) - x
@@ -455,21 +454,18 @@ def shorten(flat_logits, x, targets, z, cfg):
     init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), targets)
     _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
     # the returned image is exactly the one verified: x + long·r where the check succeeded
-    return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, targets, pred), ok
+    return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, targets, pred)
 
 
 def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True) -> "Outcome":
     """The result: each successful example shortened to the boundary and walked along it
-    (``cfg.walk_steps``; not when
-    ``walk`` is False: the caller walked it) and refined (``cfg.refine``, ``intriguing_jax.refine``), its
-    perturbation shortened back to the decision boundary (bisection of its length, ``shrink_steps``
-    forward passes), and every example re-verified on the exact returned image. Runs in blocks of
-    ``block`` rows (memory bounded by the block)."""
+    (``cfg.walk_steps``; not when ``walk`` is False: the caller walked it), refined (``cfg.refine``,
+    ``intriguing_jax.refine``), shortened once more (``shorten``), and every example re-verified on the
+    exact returned image. Runs in blocks of ``block`` rows (memory bounded by the block)."""
     n, d = x.shape
     lo, hi = cfg.box
     size = -(-n // block) * block
-    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], size - n, axis=0)])  # noqa: E731
-    blocks = lambda a: pad(a).reshape((-1, block) + a.shape[1:])  # noqa: E731
+    blocks = lambda a: storage.pad_rows(a, size).reshape((-1, block) + a.shape[1:])  # noqa: E731
 
     def finish(args):
         xb, zb, tb = args
@@ -481,8 +477,7 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool =
             zb, more = refine.refine(flat_logits, xb, tb, jnp.clip(zb, lo, hi), steps=cfg.refine_steps,
                                      classes=cfg.refine_classes, kappa=cfg.kappa, box=cfg.box)
             extra = extra + more
-        z_out, pred, _ = shorten(flat_logits, xb, tb, zb, cfg)
-        return z_out, pred, extra
+        return (*shorten(flat_logits, xb, tb, zb, cfg), extra)
 
     x_adv, pred, extra = jax.lax.map(finish, (blocks(x), blocks(z), blocks(targets)))
     x_adv, pred, evals = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n], evals + extra.reshape(-1)[:n]
