@@ -48,14 +48,17 @@ def main(argv=None):
     from jax.tree_util import Partial
 
     from benchmarks.attack_speed import _problem
-    from intriguing_jax import attacks, data, provenance
+    from intriguing_jax import attacks, checkpoint, data, provenance, train
     mnist = data.load_mnist()
-    rows = []
+    rows, used = [], {}
     print("| model | configuration | evaluations / image | success | mean ‖r‖₂ | per image vs before | per image vs DDN "
           "| images/s |\n|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model, params, x, t = _problem(name, mnist, args.workdir, args.images)
         fn = Partial(jax.jit(model.apply), params)
+        images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images
+        used[name] = {"params_sha256": checkpoint.params_sha256(params),
+                      "test_error": float(np.mean(train.predict(model.apply, params, images) != mnist.test.labels))}
         ddn_l2 = ddn_ok = None
         if fb is not None:
             _ddn(fb, fn, x, t)
@@ -87,7 +90,8 @@ def main(argv=None):
     choice = choose(rows, args.images)
     print(f"\n{choice}")
     json.dump({"images": args.images, "choice": choice, "threads": args.threads, "rows": rows,
-               "machine": provenance.machine(), "versions": provenance.versions()}, open(args.out, "w"), indent=1)
+               "attack_config": dataclasses.asdict(attacks.AttackConfig()), "grid": GRID, "models_used": used,
+               "code": provenance.code(), "machine": provenance.machine(), "versions": provenance.versions()}, open(args.out, "w"), indent=1)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -3,7 +3,8 @@ experiments.reproduce --only advtrain``. FC100-100-10: a recorded study of the c
 open (``STUDY``, short schedule, 2 seeds), then at full length (5 seeds) each pool-layer set's best
 configuration and the best input pool with its examples past the decision boundary (``past_boundary``).
 Each configuration's seeds train as one population (one jitted step, one attack call per pool refresh);
-runs are cached and resume after a kill (``intriguing_jax.advtrain_runs``).
+runs are cached and resume after a kill (``experiments.harness.runs``). Weight decay alone is no pool
+run: it is the zoo's checkpoint of each seed, the model Table 1 attacks.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import json
 import time
 
 from experiments import common
-from intriguing_jax import adversarial_training as at, storage
-from intriguing_jax import advtrain_runs as runs
-from intriguing_jax import figures, report, train, verdicts, zoo
+from experiments.harness import figures, report, runs, verdicts
+from intriguing_jax import adversarial_training as at
+from intriguing_jax import train, zoo
 
 MODEL, BASELINE = "FC100-100-10", "weight decay only"
 VARIANTS = {BASELINE: (), "input pool": (0,), "hidden-layer pools": (1, 2), "top hidden-layer pool": (2,),
@@ -43,6 +44,10 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     ev = runs.Evaluation(x, t, CURVE_EVERY, EVAL_IMAGES, FINAL_IMAGES, ctx.attack_cfg, ctx.chunk_size)
 
     def group(name, adv, member_seeds, length):  # --seed shifts every run's seed, as in the training study
+        if not adv.layers:  # weight decay alone: the zoo's checkpoints, the models Table 1 uses
+            c = dataclasses.replace(ctx, train_cfg=dataclasses.replace(ctx.train_cfg, epochs=length))
+            return runs.zoo_runs(name, common.trained_population(c, mnist, MODEL, [ctx.seed + s for s in member_seeds]),
+                                 ev, ctx.workdir)
         bar, tick = common.epoch_bar(length, f"{name} ({len(member_seeds)} seeds)")
         with bar:
             return runs.runs(MODEL, mnist, name, adv, [ctx.seed + s for s in member_seeds],
@@ -69,7 +74,7 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     if controls.exists():
         made = json.loads(controls.read_text())
         result.update(controls=made["controls"], controls_provenance=made["provenance"])
-    return storage.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", result, render)
+    return report.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", result, render)
 
 
 # the study's paired comparisons: (the change, the configuration with it, the one without)

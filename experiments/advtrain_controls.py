@@ -2,7 +2,7 @@
 
     python -m experiments.advtrain_controls      # about 40 minutes on a 2-core CPU (populations)
 
-Weight decay alone (5 seeds) against FGSM training (Goodfellow et al. 2015), L2 adversarial training,
+Weight decay alone (5 seeds: the zoo's checkpoints, so seed 0 is Table 1's model) against FGSM training (Goodfellow et al. 2015), L2 adversarial training,
 virtual adversarial training (Miyato et al. 2018) and dropout, each with the baseline's recipe and epochs
 (``intriguing_jax.robust_training``). Every strength trains with 3 seeds as one population; the best
 strength of each kind then gets 2 more seeds (5 in all). Writes results/adversarial_training_controls.json
@@ -17,8 +17,8 @@ import time
 
 from experiments import adversarial_training as pools
 from experiments import common
-from intriguing_jax import advtrain_runs as runs
-from intriguing_jax import models, report, storage, train, verdicts, zoo
+from experiments.harness import report, runs, verdicts
+from intriguing_jax import models, train, zoo
 from intriguing_jax import robust_training as rt
 
 BASELINE = pools.BASELINE
@@ -50,9 +50,13 @@ def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) 
                                         [ctx.seed + s for _ in range(n) for s in member_seeds], cfg, ev, ctx.workdir,
                                         lambda e, losses: tick(e, sum(losses) / len(losses)))
 
+    def baseline():  # the zoo's checkpoints: the models Table 1 and the pools' report use
+        return [{**r, "setting": {}} for r in runs.zoo_runs(BASELINE, common.trained_population(
+            ctx, mnist, pools.MODEL, [ctx.seed + s for s in seeds + more]), ev, ctx.workdir)]
+
     study, controls = {}, {}
     for kind in kinds:
-        for r in population(kind, KINDS[kind][1], seeds if kind != BASELINE else seeds + more):
+        for r in (baseline() if kind == BASELINE else population(kind, KINDS[kind][1], seeds)):
             study.setdefault(_name(kind, r["setting"]), []).append(r)
         best = min((n for n in study if n.startswith(kind)), key=lambda n: sum(r["test_error"] for r in study[n]))
         extra = [] if kind == BASELINE else population(kind, {k: [v] for k, v in study[best][0]["setting"].items()}, more)
@@ -61,12 +65,12 @@ def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) 
               "study": {n: summary(rs) for n, rs in study.items()}, "controls": {n: summary(rs) for n, rs in controls.items()},
               "runs": controls, "train_config": dataclasses.asdict(ctx.train_cfg),
               "provenance": common.record(ctx, t0, pipeline="advtrain_controls")}
-    storage.publish(ctx.out, "adversarial_training_controls.json", "adversarial_training_controls.md", result, render)
+    report.publish(ctx.out, "adversarial_training_controls.json", "adversarial_training_controls.md", result, render)
     main_json = ctx.out / "adversarial_training.json"
     if main_json.exists():  # the pools' report shows the controls beside them
         merged = {**json.loads(main_json.read_text()), "controls": result["controls"],
                   "controls_provenance": result["provenance"]}
-        storage.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", merged, pools.render)
+        report.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", merged, pools.render)
     return result
 
 

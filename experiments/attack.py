@@ -18,7 +18,8 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from experiments import common
-from intriguing_jax import attacks, compile_cache, figures, models, provenance, storage, zoo
+from experiments.harness import figures
+from intriguing_jax import attacks, compile_cache, models, provenance, storage, zoo
 
 
 def main(argv=None):

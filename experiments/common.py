@@ -69,12 +69,35 @@ def trained(ctx: Context, mnist: data.MNIST, name: str, split: str = "train"):
     return trained_population(ctx, mnist, name, [ctx.seed], split)[0]
 
 
+# every model a pipeline of this process loaded or trained: (when, label, identity); ``record`` lists those
+# used since the pipeline started
+_MODELS_USED: list[tuple[float, str, dict]] = []
+
+
+def model_label(name: str, split: str, seed: int, epochs: int) -> str:
+    """How a result file names a trained model in ``models_used``."""
+    return f"{models.canonical_name(name)} on {split}, seed {seed}, {epochs} epochs"
+
+
 def trained_population(ctx: Context, mnist: data.MNIST, name: str, seeds, split: str = "train") -> list:
-    """``zoo.trained_population`` (the seeds not cached train as one population) with a progress bar."""
-    bar, tick = epoch_bar(zoo.resolved_config(name, ctx.train_cfg, split).epochs, f"train {name} on {split}")
+    """``zoo.trained_population`` (the seeds not cached train as one population) with a progress bar;
+    each model is logged for ``record``'s ``models_used``."""
+    epochs = zoo.resolved_config(name, ctx.train_cfg, split).epochs
+    bar, tick = epoch_bar(epochs, f"train {name} on {split}")
     with bar:
-        return zoo.trained_population(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
-                                      on_epoch=lambda e, losses: tick(e, sum(losses) / len(losses)))
+        out = zoo.trained_population(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
+                                     on_epoch=lambda e, losses: tick(e, sum(losses) / len(losses)))
+    for seed, (_, _, meta) in zip(seeds, out):
+        _MODELS_USED.append((time.time(), model_label(name, split, seed, epochs), {
+            "checkpoint_sha256": meta["checkpoint_sha256"], "test_error": meta["test_error"],
+            "checkpoint": meta["checkpoint"]}))
+    return out
+
+
+def models_used(since: float) -> dict:
+    """``label -> {checkpoint_sha256, test_error, checkpoint}`` of every model loaded or trained through
+    ``trained``/``trained_population`` since ``since`` (a ``time.time()``)."""
+    return {label: entry for t, label, entry in _MODELS_USED if t >= since}
 
 
 def attack(ctx: Context, name: str, split: str, model: models.Model, params, images, targets,
@@ -93,7 +116,10 @@ def first_images(ctx: Context, split: data.Split, salt: int = 0):
     return x, y, np.asarray(attacks.random_wrong_targets(key, y))
 
 
-def record(ctx: Context, t0: float, **extra) -> dict:
-    """Provenance of a pipeline run: command, seed, versions, machine, wall time and the run's configs."""
+def record(ctx: Context, t0: float, *, models: dict | None = None, **extra) -> dict:
+    """Provenance of a pipeline run that started at ``t0``: command, seed, code, versions, machine, wall
+    time, the run's configs (every field) and ``models_used``, each model it loaded or trained (label ->
+    checkpoint sha256, test error; ``models`` instead, where the caller knows them better)."""
     return provenance.record(ctx.seed, time.time() - t0, train_config=dataclasses.asdict(ctx.train_cfg),
-                             attack_config=dataclasses.asdict(ctx.attack_cfg), num_images=ctx.num_images, **extra)
+                             attack_config=dataclasses.asdict(ctx.attack_cfg), num_images=ctx.num_images,
+                             models_used=models_used(t0) if models is None else models, **extra)

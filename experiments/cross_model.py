@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from experiments import common
-from intriguing_jax import attacks, figures, noise, paper, report, storage, train, transfer, verdicts
+from experiments.harness import figures, paper, report, verdicts
+from intriguing_jax import attacks, noise, train, transfer
 
 GAUSSIAN = (0.1, 0.3)
 NOISE = "Gaussian: each stddev unclipped (realised RMS = stddev) and, same draw, clipped to [0, 1]"
@@ -42,7 +43,7 @@ def run(ctx: common.Context, mnist, model_names=paper.TABLE1_MODELS) -> dict:
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(model_names),
               "adversarial_rows": list(model_names), "num_images": len(x), "fig7": fig7,
               "provenance": common.record(ctx, t0, pipeline="table2", noise=NOISE)}
-    return storage.publish(ctx.out, "table2.json", "table2_cross_model.md", result, render)
+    return report.publish(ctx.out, "table2.json", "table2_cross_model.md", result, render)
 
 
 def _fig7(ctx, x, y, adversarial, classify) -> dict | None:

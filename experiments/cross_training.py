@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from experiments import common, cross_model
-from intriguing_jax import attacks, noise, paper, provenance, report, storage, train, transfer, verdicts
+from experiments.harness import paper, report, runtime, verdicts
+from intriguing_jax import attacks, noise, train, transfer
 
 # (display name, registry model, training split)
 MODELS = (("FC100-100-10", "FC100-100-10", "p1"), ("FC123-456-10", "FC123-456-10", "p1"),
@@ -36,7 +37,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
         table3[display] = {"model": name, "trained_on": split.upper(), "p1_error": meta["p1_error"],
                            "p2_error": meta["p2_error"], "test_error": meta["test_error"],
                            "success_rate": stats["success_rate"], "failures": stats["failures"],
-                           "mean_distortion": stats["mean_distortion"], **provenance.training_cost(meta)}
+                           "mean_distortion": stats["mean_distortion"], **runtime.training_cost(meta)}
     rows = {f"Distorted for {d}": a for d, a in adv.items()}
     rows.update(noise.gaussian_rows(ctx.key(5, 0), x, 0.06))
     rows.update({f"Distorted for {d}{MAGNIFIED}": np.asarray(transfer.rescale_to_rms(x, a, MAGNIFIED_RMS))
@@ -53,7 +54,7 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
               "clean_error": transfer.error_rates(classifiers, x, y), "columns": list(classifiers),
               "num_images": len(x),
               "provenance": common.record(ctx, t0, pipeline="table3_4", noise=cross_model.NOISE)}
-    return storage.publish(ctx.out, "table3_4.json", "table3_4_cross_training.md", result, render)
+    return report.publish(ctx.out, "table3_4.json", "table3_4_cross_training.md", result, render)
 
 
 def render(result: dict) -> str:

@@ -15,7 +15,8 @@ import json
 import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
-from intriguing_jax import attacks, compile_cache, provenance, storage, train
+from experiments.harness import runtime
+from intriguing_jax import attacks, compile_cache, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
 PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
@@ -85,7 +86,7 @@ def main(argv=None):
         write_report(ctx)
         return print(f"re-rendered {ctx.out}/*.md from the JSON")
     print("Quick smoke run (not the paper's numbers)." if args.quick else
-          f"Full run: {provenance.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of computation recorded in {args.results}/ by "
+          f"Full run: {runtime.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of computation recorded in {args.results}/ by "
           "the run that made it (fewer where steps are cached under --workdir).")
     mnist, t0 = common.setup(args), time.time()
     run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})

@@ -15,9 +15,10 @@ import time
 import numpy as np
 
 from experiments import common
+from experiments.harness import figures, paper, report, verdicts
 from jax.tree_util import Partial
 
-from intriguing_jax import alexnet, attacks, bounds, figures, paper, report, spectral, storage, verdicts
+from intriguing_jax import alexnet, attacks, bounds, spectral
 
 BOUND_MODELS = ("FC10(1e-4)", "FC100-100-10", "FC200-200-10", "AE400-10", "ConvNet")
 SANDWICH_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10", "AE400-10")  # Table 1
@@ -60,7 +61,7 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
     result = {"alexnet": alex, "mnist_bounds": bounds, "sandwich": sandwiches,
               "figure": str(path.relative_to(ctx.out)),
               "provenance": common.record(ctx, t0, pipeline="spectral")}
-    return storage.publish(ctx.out, "spectral.json", "spectral.md", result, render)
+    return report.publish(ctx.out, "spectral.json", "spectral.md", result, render)
 
 
 def render(result: dict) -> str:

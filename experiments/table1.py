@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import attacks, figures, paper, provenance, report, storage, verdicts
+from experiments.harness import figures, paper, report, runtime, verdicts
+from intriguing_jax import attacks
 
 MODELS = paper.TABLE1_MODELS
 
@@ -29,7 +30,7 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                       "attacked": len(x), "success_rate": stats["success_rate"],
                       "failures": stats["failures"], "mean_distortion": stats["mean_distortion"],
                       "median_distortion": stats["median_distortion"],
-                      "attack_wall_s": time.time() - t1, **provenance.training_cost(meta)}
+                      "attack_wall_s": time.time() - t1, **runtime.training_cost(meta)}
         figures.adversarial_grid(ctx.out / "figures" / f"fig5_{name}.png", x, res.adversarial, y,
                                  res.prediction, title=f"{name}: original | r ×10 | adversarial")
         if model.spec.autoencoder is not None:  # its unsupervised layer's filters
@@ -38,11 +39,11 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                             "autoencoder layer's filters")
             filter_figures[name] = str(path.relative_to(ctx.out))
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "
-              f"distortion {stats['mean_distortion']:.4f} success {stats['success_rate']:.1%}")
+              f"distortion {report.num(stats['mean_distortion'], 4)} success {stats['success_rate']:.1%}")
     result = {"rows": rows, "paper": {k: paper.TABLE1[k] for k in rows}, "num_images": len(x),
               "filter_figures": filter_figures,
               "provenance": common.record(ctx, t0, pipeline="table1")}
-    return storage.publish(ctx.out, "table1.json", "table1_models.md", result, render)
+    return report.publish(ctx.out, "table1.json", "table1_models.md", result, render)
 
 
 def render(result: dict) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pathlib
 
 from experiments import common
-from intriguing_jax import compile_cache, models, provenance, train, zoo
+from intriguing_jax import compile_cache, models, storage, train, zoo
 
 
 def main(argv=None):
@@ -29,7 +29,7 @@ def main(argv=None):
     bar.close()
     out = pathlib.Path(args.results) / "train" / (zoo.checkpoint_path(
         args.workdir, args.model, args.split, args.seed, cfg).stem + ".json")
-    provenance.write_json(out, meta)
+    storage.write_json(out, meta)
     print(f"{model.name} on {args.split}: train error {meta['train_error']:.2%}, "
           f"test error {meta['test_error']:.2%} -> {out}")
     compile_cache.log_stats()

@@ -16,7 +16,8 @@ import time
 
 from experiments import common
 from experiments.training_recipes import LAMBDA_SCAN, STUDIES, T
-from intriguing_jax import compile_cache, models, paper, provenance, report, storage, train, zoo
+from experiments.harness import paper, report, runtime
+from intriguing_jax import compile_cache, models, train, zoo
 
 
 def lambda_scan(ctx, mnist, convention: str) -> dict:
@@ -41,7 +42,7 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
         t0 = time.time()
         result["lambda_scan"] = lambda_scan(ctx, mnist, scan)
         result["provenance"] = common.record(ctx, t0, pipeline="training_study")
-        storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
+        report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     for study in studies:
         groups = {}  # one population per (model, split, configuration): its seeds train together
         for label, (name, split, cfg, seed) in STUDIES[study].items():
@@ -53,9 +54,11 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
                 result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
                                          "config": dataclasses.asdict(cfg), "config_key": zoo.config_key(name, cfg, split),
                                          "train_error": meta["train_error"], "test_error": meta["test_error"],
-                                         **provenance.training_cost(meta), "this_call_s": time.time() - t0}
-            result["provenance"] = common.record(ctx, t0, pipeline="training_study")
-            storage.publish(ctx.out, "training_study.json", "training_study.md", result, render)
+                                         "checkpoint_sha256": meta["checkpoint_sha256"],
+                                         **runtime.training_cost(meta), "this_call_s": time.time() - t0}
+            result["provenance"] = common.record(ctx, t0, pipeline="training_study", models={
+                label: {k: r.get(k) for k in ("checkpoint_sha256", "test_error")} for label, r in result["runs"].items()})
+            report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     return result
 
 

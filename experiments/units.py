@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 
 from experiments import common
-from intriguing_jax import figures, provenance, report, storage, units, verdicts
+from experiments.harness import figures, report, runtime, verdicts
+from intriguing_jax import units
 
 LAYERS = (("ConvNet", 1, "dense-128 (last feature layer)"), ("FC100-100-10", 1, "second hidden layer (100)"))
 K = 8
@@ -47,13 +48,13 @@ def run(ctx: common.Context, mnist, layers=LAYERS) -> dict:
         a = units.analyse(model, params, x, y, layer, ctx.key(7), k=K, seed=ctx.seed)
         a["figures"] = _figures(ctx, name, x, a)
         out[name] = {"layer": description, "layer_index": layer, "test_error": meta["test_error"],
-                     **provenance.training_cost(meta),
+                     **runtime.training_cost(meta),
                      **{k: v for k, v in a.items() if not k.startswith("_")}}
         c = a["comparisons"]["units vs random"]["purity"]
         print(f"{name}: purity units {c['mean_a']:.3f} vs random {c['mean_b']:.3f} (p = {c['p_value']:.3g})")
     result = {"layers": out, "held_out": f"MNIST test set ({len(x)} images)", "k": K,
               "provenance": common.record(ctx, t0, pipeline="units")}
-    return storage.publish(ctx.out, "units.json", "units.md", result, render)
+    return report.publish(ctx.out, "units.json", "units.md", result, render)
 
 
 def render(result: dict) -> str:

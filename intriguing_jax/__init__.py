@@ -2,14 +2,14 @@
 
 The entry points a user looks for first are here; every module is reachable as an attribute
 (``intriguing_jax.units``, ``intriguing_jax.spectral``, ...). Modules with a leading underscore are
-internal.
+internal. The reproduction harness (the paper's values, verdict rules, report rendering, figures, run
+caches) lives in ``experiments.harness``: importing the library loads none of it.
 """
 
 __version__ = "0.1.0"
 
 from intriguing_jax import (  # noqa: E402
     adversarial_training,
-    advtrain_runs,
     attacks,
     bounds,
     compile_cache,
@@ -26,7 +26,6 @@ from intriguing_jax import (  # noqa: E402
     train,
     transfer,
     units,
-    verdicts,
     zoo,
 )
 from intriguing_jax.attacks import (  # noqa: E402
@@ -46,8 +45,8 @@ from intriguing_jax.zoo import trained  # noqa: E402
 
 __all__ = [
     # modules
-    "adversarial_training", "advtrain_runs", "attacks", "bounds", "compile_cache", "data", "exact", "lbfgsb", "models",
-    "noise", "refine", "robust_training", "spectral", "storage", "sweep", "train", "transfer", "units", "verdicts", "zoo",
+    "adversarial_training", "attacks", "bounds", "compile_cache", "data", "exact", "lbfgsb", "models",
+    "noise", "refine", "robust_training", "spectral", "storage", "sweep", "train", "transfer", "units", "zoo",
     # the attack
     "AttackConfig", "AttackResult", "attack_in_chunks", "distortion", "lbfgs_attack", "lbfgs_attack_untargeted",
     "random_wrong_targets",

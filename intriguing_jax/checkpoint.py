@@ -32,6 +32,18 @@ def save(path: str | os.PathLike, params, meta: dict | None = None) -> None:
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a checkpoint file's bytes: the identity a result records for the model it used."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def params_sha256(params) -> str:
+    """The sha256 of a parameter pytree's serialised arrays (no metadata): the identity of weights that
+    were never saved, or are compared across files whose metadata differ."""
+    state = jax.tree.map(np.asarray, serialization.to_state_dict(params))
+    return hashlib.sha256(serialization.msgpack_serialize(state)).hexdigest()
+
+
 def load(path: str | os.PathLike, template) -> tuple[dict, dict]:
     """Loads ``(params, meta)``; ``template`` is a params pytree of the expected structure and shapes."""
     path = pathlib.Path(path)

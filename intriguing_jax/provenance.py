@@ -1,12 +1,17 @@
-"""What made a result: command, seed, versions, machine and wall time, recorded beside every result."""
+"""What made an artifact: command, seed, code (git commit), versions, machine and wall time.
+
+Recorded in every checkpoint the zoo writes and every result file the experiments write, so a file can be
+tied to the code and the run that made it.
+"""
 
 from __future__ import annotations
 
 import datetime
-import json
-import pathlib
+import functools
 import os
+import pathlib
 import platform
+import subprocess
 import sys
 from importlib import metadata
 
@@ -34,64 +39,33 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.cache
+def code() -> dict:
+    """The git state of the source tree this package was imported from: ``{"commit": sha or None,
+    "dirty": True if tracked files differ from the commit (None when not in a git checkout)}``. Read once
+    per process: a result records the code it started with."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def record(seed: int | None, wall_time_s: float, **extra) -> dict:
-    """The provenance block stored in every result file."""
+    """The provenance block stored in every result file and checkpoint: ``command``, ``seed``,
+    ``wall_time_s``, ``code`` (git commit and whether the tree was dirty), ``versions``, ``machine``,
+    ``date`` (UTC, when it was written), and ``extra``."""
     argv0 = sys.argv[0]
     if argv0.endswith(".py") and os.path.abspath(argv0).startswith(os.getcwd()):
         argv0 = "-m " + os.path.relpath(argv0)[:-3].replace(os.sep, ".")  # run as python -m ...
     return {"command": " ".join(["python", argv0] + sys.argv[1:]), "seed": seed,
-            "wall_time_s": round(wall_time_s, 2), "versions": versions(), "machine": machine(),
+            "wall_time_s": round(wall_time_s, 2), "code": code(), "versions": versions(), "machine": machine(),
             "date": now(), **extra}
-
-
-def training_cost(meta: dict) -> dict:
-    """What a cached model's training took and when (``train_wall_s``, ``computed_at``), from the
-    checkpoint metadata ``meta`` that ``zoo.trained`` returns: the fields ``recorded_minutes`` reads."""
-    return {"train_wall_s": meta["provenance"]["wall_time_s"], "computed_at": meta["provenance"].get("date")}
-
-
-# sections a recorded study command merges into a pipeline's result file: computed by that command, not
-# by the pipeline (``experiments.advtrain_controls``)
-MERGED_STUDIES = ("controls", "controls_provenance")
-
-
-def recorded_minutes(paths) -> float:
-    """The computation the result files ``paths`` record, in minutes: each pipeline's wall time, plus what its
-    cached steps took when they were computed (models' ``train_wall_s``, adversarial-training runs'
-    ``wall_s``; a study entry counts ``wall_s_mean`` once per seed), leaving out the sections study
-    commands merged in (``MERGED_STUDIES``) and the steps whose ``computed_at`` (one stamp, or one per
-    seed) falls inside the pipeline's own run: their time is already in its wall time. A step without a
-    stamp counts. 0 if nothing is recorded."""
-    def during(stamp, window) -> bool:
-        if window is None or not isinstance(stamp, str):
-            return False
-        t = datetime.datetime.fromisoformat(stamp)
-        return window[0] <= t <= window[1]
-
-    def walk(x, window) -> float:
-        if isinstance(x, list):
-            return sum(walk(v, window) for v in x)
-        if not isinstance(x, dict):
-            return 0.0
-        own = 0.0
-        if not during(x.get("computed_at"), window):
-            own = sum(float(x[k]) for k in ("train_wall_s", "wall_s") if isinstance(x.get(k), (int, float)))
-        if x.get("wall_s_mean") is not None and "test_errors" in x:
-            stamps = x.get("computed_at")
-            stamps = stamps if isinstance(stamps, list) else [stamps] * len(x["test_errors"])
-            own += x["wall_s_mean"] * sum(not during(s, window) for s in stamps)
-        return own + sum(walk(v, window) for k, v in x.items() if k not in MERGED_STUDIES and k != "provenance")
-
-    total = 0.0
-    for p in map(pathlib.Path, paths):
-        if not p.exists():
-            continue
-        result = json.loads(p.read_text())
-        prov, window = result.get("provenance") or {}, None
-        if isinstance(prov.get("wall_time_s"), (int, float)):
-            total += float(prov["wall_time_s"])
-            if isinstance(prov.get("date"), str):
-                end = datetime.datetime.fromisoformat(prov["date"])
-                window = (end - datetime.timedelta(seconds=float(prov["wall_time_s"]) + 1), end + datetime.timedelta(seconds=1))
-        total += walk(result, window)
-    return total / 60

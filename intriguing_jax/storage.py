@@ -162,11 +162,3 @@ def _key_view(obj):
 def safe_name(name: str) -> str:
     """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def publish(out_dir, json_name: str, md_name: str, result: dict, render) -> dict:
-    """Writes a result as JSON (machines) and ``render(result)`` as Markdown (people) under ``out_dir``;
-    returns ``result``."""
-    write_json(pathlib.Path(out_dir) / json_name, result)
-    write_text(pathlib.Path(out_dir) / md_name, render(result))
-    return result

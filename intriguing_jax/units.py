@@ -15,7 +15,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 from jax.tree_util import Partial
 
 
@@ -90,6 +89,8 @@ def compare(a, b, *, seed: int = 0, permutations: int = 10000, bootstrap: int = 
     difference of means, its two-sided permutation p-value (``scipy.stats.permutation_test``), a
     percentile bootstrap CI resampling each group independently (``scipy.stats.bootstrap``) and Cohen's d
     (pooled standard deviation). Seeded: the same ``seed`` gives the same p-value and interval."""
+    import scipy.stats  # only here: importing the library does not load it
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) < 2 or len(b) < 2:
         raise ValueError("need at least two scores per group")

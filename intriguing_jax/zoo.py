@@ -48,8 +48,9 @@ def trained(name: str, mnist: MNIST, *, split: str = "train", seed: int = 0,
     """Returns ``(model, params, meta)``, training and caching the checkpoint if it is not there yet.
 
     Training checkpoints every epoch (``<checkpoint>.partial``): a killed run resumes after its last
-    finished epoch. ``meta`` holds train/test error (and P1/P2 error), the loss history, seed and
-    provenance.
+    finished epoch. ``meta`` holds train/test error (and P1/P2 error), the loss history, seed,
+    provenance, and the checkpoint's file name and sha256 (``checkpoint``, ``checkpoint_sha256``): one
+    (model, recipe, split, seed) is one file, and every caller that asks for it gets that file.
     """
     return trained_population(name, mnist, (seed,), split=split, cfg=cfg, workdir=workdir,
                               on_epoch=None if on_epoch is None else (lambda e, losses: on_epoch(e, losses[0])))[0]
@@ -69,7 +70,7 @@ def trained_population(name: str, mnist: MNIST, seeds, *, split: str = "train",
             try:
                 params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
                 log.info("loaded %s from %s", model.name, path)
-                out[seed] = (model, params, meta)
+                out[seed] = (model, params, _identified(meta, path))
                 continue
             except checkpoint.CheckpointError as e:
                 log.warning("%s; retraining", e)
@@ -94,10 +95,16 @@ def trained_population(name: str, mnist: MNIST, seeds, *, split: str = "train",
             meta = {"model": model.name, "split": split, **errors, "loss_history": [h[m] for h in histories],
                     "train_config": dataclasses.asdict(cfg), "population": todo,
                     "provenance": provenance.record(seed, wall, data_source=mnist.source)}
-            checkpoint.save(checkpoint_path(workdir, name, split, seed, cfg), params, meta)
-            out[seed] = (model, params, meta)
+            path = checkpoint_path(workdir, name, split, seed, cfg)
+            checkpoint.save(path, params, meta)
+            out[seed] = (model, params, _identified(meta, path))
         partial.unlink(missing_ok=True)
     return [out[s] for s in seeds]
+
+
+def _identified(meta: dict, path: pathlib.Path) -> dict:
+    """``meta`` with the checkpoint it came from: ``checkpoint`` (file name) and ``checkpoint_sha256``."""
+    return {**meta, "checkpoint": path.name, "checkpoint_sha256": checkpoint.file_sha256(path)}
 
 
 def attack(name: str, params, images, targets, *, tag: str, split: str = "train", seed: int = 0,

@@ -186,7 +186,7 @@ def test_unsupported_primitives_are_named():
 
 
 def test_the_sandwich_and_its_verdict():
-    from intriguing_jax import verdicts
+    from experiments.harness import verdicts
     fn, _ = _tiny(4, "relu")  # (seed 4: class pred + 1 is reachable inside the box for these points)
     xs = np.random.default_rng(2).uniform(0.2, 0.8, (5, 4)).astype(np.float32)
     pred = np.asarray(jnp.argmax(fn(jnp.asarray(xs)), -1))

@@ -54,3 +54,19 @@ def test_the_readme_api_section_names_every_export():
     missing = [n for n in intriguing_jax.__all__ if n != "__version__" and f"`{n}" not in api and f".{n}`" not in api
                and f"{n}(" not in api]
     assert not missing, f"README's API section does not mention {missing}"
+
+
+def test_importing_the_library_loads_neither_the_harness_nor_matplotlib():
+    import subprocess
+    import sys
+    code = ("import sys, intriguing_jax; print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'matplotlib', 'experiments', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", f"import intriguing_jax loaded {out.stdout.strip()}"
+
+
+def test_the_library_imports_nothing_from_the_harness():
+    offenders = [p.name for p in (ROOT / "intriguing_jax").glob("*.py") if "experiments" in p.read_text()
+                 and any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("experiments")
+                         for n in ast.walk(ast.parse(p.read_text())))]
+    assert not offenders, offenders

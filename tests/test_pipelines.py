@@ -9,6 +9,7 @@ import pytest
 
 from experiments import common, reproduce
 from intriguing_jax import attacks, data, train
+from experiments.harness import report
 from tests.conftest import synthetic_mnist
 
 MODELS = ("FC10(1e-4)", "FC100-100-10")
@@ -103,7 +104,7 @@ def test_adversarial_training_study_picks_each_layer_sets_best_and_renders(tmp_p
     over, fixed = (result["runs"][v][0]["adv_config"] for v in sorted(past, reverse=True))
     assert over["overshoot"] == 2.0 and over["mix"] == adv.STUDY[best_input].mix
     assert fixed["attack"]["c_steps"] == 1 and fixed["max_distortion"] is None and fixed["overshoot"] == 1.0
-    assert all(r["population"] == 1 for rs in result["runs"].values() for r in rs)  # trained by advtrain_runs.runs
+    assert all(r["population"] == 1 for v, rs in result["runs"].items() for r in rs if v != adv.BASELINE)  # harness.runs.runs
     md = (ctx.out / "adversarial_training.md").read_text()
     assert "### Study (3 configurations" in md
     verdict = r"\*\*Adversarial training with per-layer pools improves[^*]+: (holds|does not hold)"
@@ -133,8 +134,18 @@ def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_pa
     ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), seed=0,
                          train_cfg=train.TrainConfig(epochs=1, batch_size=64),
                          attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10), num_images=4, chunk_size=4)
-    adv.run(ctx, mnist, study=(adv.BASELINE, "input, mix 0.2"), seeds=(0,), study_seeds=(0,))
+    from experiments import table1
+    t1 = table1.run(ctx, mnist, model_names=(adv.MODEL,))
+    pools = adv.run(ctx, mnist, study=(adv.BASELINE, "input, mix 0.2"), seeds=(0,), study_seeds=(0,))
     result = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
+    # one model, one number: weight decay alone, seed 0, is Table 1's checkpoint in all three files
+    label = common.model_label(adv.MODEL, "train", 0, 1)
+    used = [r["provenance"]["models_used"][label] for r in (t1, pools, result)]
+    assert used[0]["checkpoint_sha256"] == used[1]["checkpoint_sha256"] == used[2]["checkpoint_sha256"]
+    assert t1["rows"][adv.MODEL]["test_error"] == pools["runs"][adv.BASELINE][0]["test_error"] \
+        == result["controls"][controls.BASELINE]["test_errors"][0] == used[0]["test_error"]
+    assert t1["provenance"]["code"]["commit"] is None or len(t1["provenance"]["code"]["commit"]) == 40
+    assert {"walk_steps", "walk_gamma", "compile"} <= set(t1["provenance"]["attack_config"])
     best = min(("FGSM (epsilon 0.1)", "FGSM (epsilon 0.25)"), key=lambda n: result["study"][n]["test_error_mean"])
     assert set(result["controls"]) == {controls.BASELINE, best}
     fgsm = next(c for n, c in result["controls"].items() if n.startswith("FGSM"))

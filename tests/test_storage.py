@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from intriguing_jax import attacks, storage, train
+from experiments.harness import runtime
 
 
 class Pair(NamedTuple):
@@ -76,7 +77,7 @@ def test_recorded_minutes_counts_each_computation_once(tmp_path):
         "provenance": {"wall_time_s": 60}, "runs": {"v": [{"wall_s": 120}, {"wall_s": 60}]},
         "study": [{"wall_s_mean": 30, "test_errors": [0.1, 0.2]}],
         "controls": {"c": {"wall_s_mean": 600, "test_errors": [0.1]}}, "controls_provenance": {"wall_time_s": 600}}))
-    assert provenance.recorded_minutes([tmp_path / "a.json", tmp_path / "missing.json"]) == 5.0
+    assert runtime.recorded_minutes([tmp_path / "a.json", tmp_path / "missing.json"]) == 5.0
     # steps computed during the pipeline's own run (stamped inside its window) are already in its wall time
     inside, before = "2026-01-01T10:00:30+00:00", "2026-01-01T09:00:00+00:00"
     (tmp_path / "b.json").write_text(json.dumps({
@@ -84,4 +85,4 @@ def test_recorded_minutes_counts_each_computation_once(tmp_path):
         "runs": {"v": [{"wall_s": 50, "computed_at": inside}, {"wall_s": 120, "computed_at": before}]},
         "models": {"m": {"train_wall_s": 60, "computed_at": inside}},
         "study": [{"wall_s_mean": 30, "test_errors": [0.1, 0.2], "computed_at": [inside, before]}]}))
-    assert provenance.recorded_minutes([tmp_path / "b.json"]) == (60 + 120 + 30) / 60
+    assert runtime.recorded_minutes([tmp_path / "b.json"]) == (60 + 120 + 30) / 60

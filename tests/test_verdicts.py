@@ -1,6 +1,7 @@
 """Each verdict rule on hand-made summaries: the numbers decide, and the sentence says so."""
 
-from intriguing_jax import transfer, verdicts
+from intriguing_jax import transfer
+from experiments.harness import verdicts
 
 
 def test_blind_spots_and_weight_decay_order():

@@ -1,6 +1,10 @@
-"""Markdown rendering of result tables (ours beside the paper's)."""
+"""Markdown rendering of result tables (ours beside the paper's), and publishing a result as JSON + Markdown."""
 
 from __future__ import annotations
+
+import pathlib
+
+from intriguing_jax import storage
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -25,3 +29,11 @@ def provenance_line(p: dict) -> str:
     v = p["versions"]
     return (f"Made by `{p['command']}` (seed {p['seed']}, {p['wall_time_s']:.0f} s wall, {p['machine']}; "
             f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}; {p['date']}).")
+
+
+def publish(out_dir, json_name: str, md_name: str, result: dict, render) -> dict:
+    """Writes a result as JSON (machines) and ``render(result)`` as Markdown (people) under ``out_dir``;
+    returns ``result``."""
+    storage.write_json(pathlib.Path(out_dir) / json_name, result)
+    storage.write_text(pathlib.Path(out_dir) / md_name, render(result))
+    return result

@@ -20,7 +20,8 @@ import jax
 from jax.tree_util import Partial
 
 from intriguing_jax import adversarial_training as at
-from intriguing_jax import attacks, models, provenance, report, storage, train, verdicts, zoo
+from experiments.harness import report, verdicts
+from intriguing_jax import attacks, checkpoint, models, provenance, storage, train, zoo
 from intriguing_jax.data import MNIST
 
 
@@ -85,8 +86,34 @@ def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed:
            "test_error": history[-1]["test_error"], "train_error": history[-1]["train_error"],
            "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
            "wall_s": wall, "pool_s": sum(h.get("pool_seconds", 0.0) for h in history),
-           "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now()}
+           "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now(),
+           "params_sha256": checkpoint.params_sha256(params)}
     storage.write_json(work / f"{stem}.json", out)
+    return out
+
+
+def zoo_runs(label: str, trained: list, ev: Evaluation, workdir) -> list[dict]:
+    """Models the zoo trained (``zoo.trained_population``'s ``(model, params, meta)``, plain training: no
+    pools) measured as ``run`` measures a run, so that weight decay alone is the very checkpoint Table 1
+    uses, not a second training of the same recipe. The final attack is cached per checkpoint.
+
+    Returns:
+      ``run``'s dict per model: ``history`` holds each epoch's training loss only, ``wall_s`` the
+      model's training time, ``checkpoint_sha256`` the checkpoint's.
+    """
+    out = []
+    for model, params, meta in trained:
+        cache = (pathlib.Path(workdir) / "adversarial_training" /
+                 f"{pathlib.Path(meta['checkpoint']).stem}_final{ev.final}_{storage.cache_key(ev.attack)}")
+        final = _summary(model, params, ev.images[:ev.final], ev.targets[:ev.final], ev, cache)
+        out.append({"variant": label, "layers": [], "seed": meta["provenance"]["seed"],
+                    "epochs": len(meta["loss_history"]), "test_error": meta["test_error"],
+                    "train_error": meta["train_error"],
+                    "history": [{"epoch": e + 1, "loss": v} for e, v in enumerate(meta["loss_history"])],
+                    "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
+                    "wall_s": meta["provenance"]["wall_time_s"], "pool_s": 0.0,
+                    "adv_config": dataclasses.asdict(at.AdvTrainConfig(layers=())),
+                    "computed_at": meta["provenance"].get("date"), "checkpoint_sha256": meta["checkpoint_sha256"]})
     return out
 
 
@@ -131,7 +158,8 @@ def runs(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed
                    "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
                    "wall_s": sum(h.get("seconds", 0.0) for h in history) + time.time() - t_attack,
                    "pool_s": sum(h.get("pool_seconds", 0.0) for h in history), "population": len(todo),
-                   "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now()}
+                   "adv_config": dataclasses.asdict(adv), "computed_at": provenance.now(),
+                   "params_sha256": checkpoint.params_sha256(p)}
             storage.write_json(work / f"{stems[seed]}.json", out)
         ckpt.unlink(missing_ok=True)
     return [json.loads((work / f"{stems[s]}.json").read_text()) for s in seeds]
@@ -170,7 +198,8 @@ def population_runs(model_name: str, mnist: MNIST, label: str, loss, settings: d
                     "epochs": cfg.epochs, "test_error": train.error_rate(model.apply, p, mnist.test),
                     "train_error": train.error_rate(model.apply, p, mnist.train),
                     "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
-                    "wall_s": wall, "loss": [h[m] for h in history], "computed_at": provenance.now()})
+                    "wall_s": wall, "loss": [h[m] for h in history], "computed_at": provenance.now(),
+                    "params_sha256": checkpoint.params_sha256(p)})
     storage.write_json(work / f"{stem}.json", out)
     (work / f"{stem}.partial").unlink(missing_ok=True)
     return out

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from intriguing_jax import paper
-from intriguing_jax.report import pct, table
+from experiments.harness import paper
+from experiments.harness.report import pct, table
 
 
 class Verdict(NamedTuple):
@@ -47,7 +47,11 @@ def blind_spots(rows: dict) -> Verdict:
     """
     worst = min(r["success_rate"] for r in rows.values())
     d = [r["mean_distortion"] for r in rows.values() if r["mean_distortion"] is not None]
-    holds = bool(worst == 1.0 and d and max(d) < 0.15)
+    if not d:
+        return Verdict("Every model has blind spots", False, f"The attack reached its target on {pct(worst, 1)} "
+                       "of the images for the worst model: no successful attack to measure (rule: 100% success and "
+                       "mean distortion < 0.15).", {"worst_success_rate": worst})
+    holds = bool(worst == 1.0 and max(d) < 0.15)
     return Verdict("Every model has blind spots", holds,
                    f"The attack reached its random wrong target on {pct(worst, 1)} of the images for the worst "
                    f"model; mean distortion {min(d):.3f}–{max(d):.3f} RMS per pixel (paper 0.058–0.14).",
