@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from intriguing_jax import _attack_engine as _engine
-from intriguing_jax import storage
+from intriguing_jax import storage, validate
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 SOLVERS = ("batched", "jaxopt")  # AttackConfig.solver's choices
@@ -202,49 +202,16 @@ def distortion(x: jax.Array, x_adv: jax.Array) -> jax.Array:
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return validate.is_concrete(x)
 
 
-@jax.jit
-def _call(logits_fn, x):
-    return logits_fn(x)
-
-
-def _validate(logits_fn, images, targets, box) -> tuple[int, jax.ShapeDtypeStruct]:
-    """Checks shapes, dtypes and values; returns K. Runs no compilation (``eval_shape`` only traces)."""
-    if not callable(logits_fn):
-        raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
-    if jnp.ndim(images) < 2:
-        raise ValueError(f"images must be a batch [N, ...] of rank >= 2, got shape {jnp.shape(images)}")
-    if not jnp.issubdtype(jnp.result_type(images), jnp.floating):
-        raise ValueError(f"images must be floating point, got dtype {jnp.result_type(images)}")
-    n = jnp.shape(images)[0]
-    if n == 0:
-        raise ValueError("images is an empty batch")
-    if jnp.ndim(targets) != 1 or jnp.shape(targets)[0] != n:
-        raise ValueError(f"targets must have shape [N] = [{n}], got {jnp.shape(targets)}")
-    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-        raise ValueError(f"targets must be integer labels, got dtype {jnp.result_type(targets)}")
-    spec = jax.ShapeDtypeStruct(jnp.shape(images), jnp.float32)
-    try:  # jit's trace cache: a repeated call with the same model and shapes traces nothing
-        out = _call.eval_shape(_engine.as_partial(logits_fn), spec)
-    except Exception as e:
-        raise ValueError(f"logits_fn failed on a batch of shape {spec.shape}: {e}") from e
-    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != n:
-        raise ValueError(f"logits_fn must map [N, ...] to logits [N, K]; on images {spec.shape} it "
-                         f"returned {getattr(out, 'shape', type(out).__name__)}")
-    k = out.shape[1]
-    if _is_concrete(images):
-        x = np.asarray(images)
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"images contain {np.size(x) - np.isfinite(x).sum()} NaN/inf pixel(s)")
-        lo, hi = box
-        if x.min() < lo or x.max() > hi:
-            raise ValueError(f"pixels must lie in the box [{lo}, {hi}]; found range [{x.min()}, {x.max()}]")
-    if _is_concrete(targets):
-        t = np.asarray(targets)
-        if t.min() < 0 or t.max() >= k:
-            raise ValueError(f"targets must lie in [0, {k}) for {k} classes; found [{t.min()}, {t.max()}]")
+def _validate(logits_fn, images, targets, box, *, targets_name: str = "targets") -> int:
+    """Checks shapes, dtypes and values (``validate``), and that the model's logits at the clean images are
+    finite; returns K. Compiles nothing but the model's forward pass."""
+    n = validate.images(images, box=box)
+    k = validate.logits_fn(logits_fn, images)
+    validate.labels(targets, n, k, name=targets_name)
+    validate.finite_logits(logits_fn, images)
     return k
 
 
@@ -321,7 +288,7 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
       (l2 = 0).
     """
     cfg = config or AttackConfig()
-    k = _validate(logits_fn, images, labels, cfg.box)
+    k = _validate(logits_fn, images, labels, cfg.box, targets_name="labels")
     if max_rows < k - 1:
         raise ValueError(f"max_rows must hold one image's {k - 1} targets, got {max_rows}")
     images = jnp.asarray(images, jnp.float32)

@@ -30,6 +30,7 @@ which these bounds tighten).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -37,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.extend import core as jcore
+
+from intriguing_jax import validate
 
 METHODS = ("ibp", "crown", "alpha-crown")
 NORMS = (2, np.inf)
@@ -532,7 +535,13 @@ def certified_radius(logits_fn: Callable, images, labels, *, targets=None, norm=
       eps_max: the largest radius tried (None: √D for L2, 1 for L∞). tol: relative precision.
 
     Returns:
-      ``[N]`` float64 certified radii: sound lower bounds on the minimum adversarial perturbation.
+      ``[N]`` float64 certified radii: sound lower bounds on the minimum adversarial perturbation. A radius
+      that reaches ``eps_max`` is the search's limit, and a ``CertificateAtLimit`` warning says how many.
+
+    Raises:
+      ValueError: images not a finite float batch inside ``box`` (the box assumed is named), labels or
+        targets of the wrong shape, dtype or range, targets equal to labels, NaN/inf logits at the images.
+      Unsupported: a primitive the method cannot bound.
 
     References:
       Gowal et al. 2018 (IBP); Zhang et al., NeurIPS 2018 (CROWN); Xu et al., ICLR 2021 (α-CROWN).
@@ -541,30 +550,57 @@ def certified_radius(logits_fn: Callable, images, labels, *, targets=None, norm=
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be 2 or np.inf, got {norm!r}")
+    if len(box) != 2 or not box[0] < box[1]:
+        raise ValueError(f"box must be (low, high) with low < high, got {box!r}")
+    if eps_max is not None and not eps_max > 0:
+        raise ValueError(f"eps_max must be positive, got {eps_max!r}")
+    # an image outside the box has no valid point in any ball around it: every radius would be "certified"
+    n = validate.images(images, box=box)
+    k = validate.logits_fn(logits_fn, images)
+    validate.labels(labels, n, k)
+    if targets is not None:
+        validate.labels(targets, n, k, name="targets")
+        if np.any(np.asarray(targets) == np.asarray(labels)):
+            i = int(np.flatnonzero(np.asarray(targets) == np.asarray(labels))[0])
+            raise ValueError(f"targets must differ from labels (the label to certify); equal at image {i}")
+    validate.finite_logits(logits_fn, images)
     images = np.asarray(images, np.float64)
     labels = np.asarray(labels)
     shape = images.shape[1:]
     d = int(np.prod(shape))
-    k = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + shape, jnp.float32)).shape[-1])
     xs = images.reshape(len(images), d)
-    specs = np.stack([_spec(int(y), None if targets is None else int(targets[i]), k) for i, y in enumerate(labels)]) \
-        if len(images) else np.zeros((0, 1, k))
+    specs = np.stack([_spec(int(y), None if targets is None else int(targets[i]), k) for i, y in enumerate(labels)])
     eps_max = float(eps_max or (np.sqrt(d) if norm == 2 else 1.0))
-    start = np.zeros(len(images))
+    radius = _certified(logits_fn, xs, specs, shape, norm, method, box, eps_max, tol, steps, lr)
+    capped = radius >= eps_max * (1 - tol)
+    if capped.any():
+        warnings.warn(f"{int(capped.sum())} of {len(radius)} image(s) are certified up to eps_max = {eps_max:g}, the "
+                      f"largest radius tried (box {tuple(box)}): a lower bound at the search's limit, not a measured "
+                      "radius; raise eps_max to search further", CertificateAtLimit, stacklevel=2)
+    return radius
+
+
+class CertificateAtLimit(UserWarning):
+    """``certified_radius`` reached ``eps_max``: the radius is the search's limit, not a measured value."""
+
+
+def _certified(logits_fn, xs, specs, shape, norm, method, box, eps_max, tol, steps, lr) -> np.ndarray:
+    """``certified_radius`` on validated, flattened float64 images ``xs [N, D]`` and their specs."""
+    start = np.zeros(len(xs))
     if method == "ibp":
         def proves(eps):
             return np.array([np.all(ibp_lower(logits_fn, shape, x, s, e, norm, box) > 0) for x, s, e in zip(xs, specs, eps)],
                             bool)
-        return _bisect(proves, start, np.full(len(images), eps_max), eps_max, tol)
+        return _bisect(proves, start, np.full(len(xs), eps_max), eps_max, tol)
     net = read_network(logits_fn, shape)
-    size = min(_chunk_size(net), max(len(images), 1))
+    size = min(_chunk_size(net), max(len(xs), 1))
     with jax.enable_x64(True):
         w, b = _wide(net)
         acts, box = tuple(net.activations), tuple(float(v) for v in box)
 
         def batched(fn, eps, *extra):
             outs = []
-            for idx, pad in _chunks(len(images), size):
+            for idx, pad in _chunks(len(xs), size):
                 out = fn(jnp.asarray(xs[pad]), jnp.asarray(specs[pad]), jnp.asarray(eps[pad], jnp.float64),
                          *[jax.tree.map(lambda a: a[pad], e) for e in extra])
                 outs.append(jax.tree.map(lambda a: np.asarray(a)[: len(idx)], out))
@@ -573,11 +609,11 @@ def certified_radius(logits_fn: Callable, images, labels, *, targets=None, norm=
         def crown_proves(eps):
             return np.all(batched(lambda x, s, e: _crown_batch(w, b, acts, x, s, e, norm, box), eps) > 0, axis=1)
 
-        radius = _bisect(crown_proves, start, np.full(len(images), eps_max / 16), eps_max, tol)
-        if method == "crown" or not len(images):
+        radius = _bisect(crown_proves, start, np.full(len(xs), eps_max / 16), eps_max, tol)
+        if method == "crown" or not len(xs):
             return radius
         dims = [w_.shape[0] for w_ in net.weights[:-1]]
-        state = {"t": [(np.full((len(images), specs.shape[1], n), np.nan),) * 2 for n in dims]}
+        state = {"t": [(np.full((len(xs), specs.shape[1], n), np.nan),) * 2 for n in dims]}
 
         def alpha_proves(eps):
             lower, state["t"] = batched(lambda x, s, e, t: _alpha_batch(w, b, acts, x, s, e, t, norm, box, steps, lr),
@@ -606,11 +642,11 @@ def sandwich(logits_fn: Callable, images, result, *, method: str = "crown", norm
     pred = np.asarray(jnp.argmax(logits_fn(jnp.asarray(images, jnp.float32)), -1))
     target = np.asarray(result.target)
     ok = np.asarray(result.success) & (pred != target)
+    if not ok.any():
+        raise ValueError("no successful attack to compare with (every example failed or was already its target)")
     targeted = certified_radius(logits_fn, images[ok], pred[ok], targets=target[ok], norm=norm, method=method)
     untargeted = certified_radius(logits_fn, images[ok], pred[ok], norm=norm, method=method)
     found = np.asarray(result.l2, np.float64)[ok]
-    if not ok.any():
-        raise ValueError("no successful attack to compare with (every example failed or was already its target)")
     with np.errstate(divide="ignore"):
         ratio = found / targeted
     return {"method": method, "norm": "L2" if norm == 2 else "Linf", "images": int(len(ok)), "compared": int(ok.sum()),

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intriguing_jax import validate
+
 
 def dense_bound(kernel) -> float:
     """Largest singular value of a dense kernel ``[in, out]`` (exact: the largest eigenvalue of the
@@ -115,7 +117,16 @@ def certified_radius(logits, tail_lipschitz, last_kernel, targets=None):
     For a linear model (L_tail = 1) the targeted radius is the exact unconstrained minimum.
     """
     z = np.asarray(logits, np.float64)
+    if z.ndim != 2 or not len(z) or not np.all(np.isfinite(z)):
+        raise ValueError(f"logits must be a finite [N, K] array, got shape {z.shape}"
+                         + ("" if z.ndim != 2 or not len(z) else f" with {np.size(z) - np.isfinite(z).sum()} NaN/inf"))
+    if not np.isfinite(tail_lipschitz) or tail_lipschitz <= 0:
+        raise ValueError(f"tail_lipschitz must be a positive finite number, got {tail_lipschitz!r}")
+    if targets is not None:
+        validate.labels(targets, len(z), z.shape[1], name="targets")
     w = np.asarray(last_kernel, np.float64)  # [hidden, K]
+    if w.ndim != 2 or w.shape[1] != z.shape[1]:
+        raise ValueError(f"last_kernel must be [hidden, K = {z.shape[1]}], got shape {w.shape}")
     p = z.argmax(1)
     diff = w[:, :, None] - w[:, None, :]  # [hidden, K, K]: column p minus column j
     lip = np.linalg.norm(diff, axis=0) * tail_lipschitz  # [K, K]

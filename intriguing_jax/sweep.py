@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from intriguing_jax import _attack_engine as _engine
-from intriguing_jax import attacks, storage
+from intriguing_jax import attacks, storage, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +96,7 @@ def sharded_attack(logits_fn, images, targets, config: attacks.AttackConfig, dev
     the batch is done. The per-device program depends only on ``device_batch``, not on the number of
     devices, so results are bitwise identical on 1 or N devices. The last round is padded with copies of
     the last example (dropped from the result), so any batch size compiles once."""
+    attacks._validate(logits_fn, images, targets, config.box)
     devices = list(devices or jax.local_devices())
     images, targets = np.asarray(images, np.float32), np.asarray(targets, np.int32)
     n = len(images)
@@ -148,6 +149,10 @@ def run_sweep(spec: SweepSpec, logits_fns: dict[str, Callable], images, labels, 
     missing = set(spec.models) - set(logits_fns)
     if missing:
         raise ValueError(f"no logits function for models {sorted(missing)}")
+    n = validate.images(images)
+    validate.labels(labels, n, None)
+    for name, fn in logits_fns.items():
+        validate.labels(labels, n, validate.logits_fn(fn, images[:1], name=f"logits_fns[{name!r}]"))
     images = np.asarray(images, np.float32)
     shards = expand(spec, labels)
     root = pathlib.Path(out_dir) / spec.digest()

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from intriguing_jax import checkpoint
+from intriguing_jax import checkpoint, validate
 from intriguing_jax.data import Split
 from intriguing_jax.models import Model
 
@@ -491,6 +491,9 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
          on_device: bool = False, loss=None, settings=None):
     """``fit_population``; ``alone``: one member trained exactly as ``fit`` always has (its optimiser at
     its own peak rate, the single-model step)."""
+    n = validate.images(train.images, name="train.images")
+    k = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0)), x), train.images[:1]).shape[-1]
+    validate.labels(train.labels, n, k, name="train.labels")
     keys = jnp.asarray(keys)
     members = len(keys)
     resolved = cfg.for_model(model.spec, train.share)
@@ -580,6 +583,7 @@ def _predicted_labels(logits_fn, x):
 def predict(apply: Callable, params, images, batch_size: int = 5000) -> np.ndarray:
     """Predicted labels for ``images`` ``[N, ...]``, in jitted chunks (one compilation per apply function
     and chunk shape: the weights are an argument)."""
+    validate.images(images, box=None)  # perturbed images may leave the box; NaN/inf never
     logits_fn = Partial(apply, params)
     out = [np.asarray(_predicted_labels(logits_fn, jnp.asarray(images[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]

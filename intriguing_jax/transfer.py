@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intriguing_jax import validate
 from intriguing_jax.attacks import distortion
 
 
@@ -22,9 +23,9 @@ CLIPPED = ", clipped"  # suffix of a noise row whose images were clipped to the 
 
 def error_rates(classifiers: Mapping[str, Callable[[np.ndarray], np.ndarray]], images, labels) -> dict:
     """Error rate of each classifier (images -> predicted labels) on ``images`` against ``labels``."""
+    # perturbed rows (unclipped noise) may leave the pixel box, but never hold NaN/inf
+    validate.labels(labels, validate.images(images, box=None), None)
     labels = np.asarray(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
     return {name: float(np.mean(np.asarray(predict(images)) != labels)) for name, predict in classifiers.items()}
 
 
@@ -41,6 +42,10 @@ def rescale_to_rms(images, perturbed, rms, box=(0.0, 1.0), iters: int = 40) -> j
     Images whose perturbation cannot reach ``rms`` inside the box get the largest reachable RMS; a zero
     perturbation stays zero. This is the paper's "magnified" row (Table 4) taken as its stated intent.
     """
+    validate.images(images, box=box)
+    validate.images(perturbed, name="perturbed", box=None)
+    if jnp.shape(perturbed) != jnp.shape(images):
+        raise ValueError(f"perturbed must have the shape of images {jnp.shape(images)}, got {jnp.shape(perturbed)}")
     x = jnp.asarray(images)
     r = jnp.asarray(perturbed) - x
     n = x.shape[0]

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from intriguing_jax import validate
+
 
 def natural_basis(dim: int) -> jax.Array:
     """The unit directions e_i as rows, ``[dim, dim]``."""
@@ -146,6 +148,10 @@ def analyse(model, params, images, labels, layer: int, key: jax.Array, *, k: int
       dict: ``k``, ``directions``, ``dead_units``, ``live_units``, ``scores`` (mean/std/median per group and
       metric), ``comparisons`` (``compare`` per pair and metric), and ``_sets``/``_scores`` (for figures).
     """
+    validate.labels(labels, validate.images(images), None)
+    depth = len(jax.eval_shape(lambda h: model.activations(params, h), jnp.asarray(images[:1])))
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer must index one of model.activations' {depth} outputs, got {layer}")
     x, y = images, labels
     acts = layer_activations(model, params, x, layer)
     d = acts.shape[1]
