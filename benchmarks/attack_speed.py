@@ -13,7 +13,7 @@ success and mean ‖r‖₂, and the ratios to ours; also ours compiled ``"optim
 ``compile="auto"`` moves a program to once it has attacked ``FAST_ROWS`` images: what a long sweep runs).
 Also our first call in a new process with the persistent
 compilation cache cold and then warm. Then, on softmax regression, mean ‖r‖₂ / the exact QP minimum.
-Pins the process to ``--threads`` cores before JAX loads (PITFALLS: timings on 2 cores are fragile).
+Pins the process to ``--threads`` cores before JAX loads (timings on 2 cores are fragile: another busy process slows small XLA ops 10–100×).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _pin(threads: int) -> None:
 
 
 def _import_advertorch():
-    """advertorch 0.2.3 on current torch (PITFALLS): restore ``zero_gradients`` and register stub
+    """advertorch 0.2.3 on current torch: restore ``zero_gradients`` and register stub
     ``torchvision``/``PIL`` modules before importing; site-packages are never edited. None if absent."""
     import types
     try:

@@ -1,6 +1,6 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
-    python -m experiments.reproduce            # full run (about 2 h 30 min on a 2-core CPU, as recorded)
+    python -m experiments.reproduce            # full run (hours on a 2-core CPU; it prints what results/ records)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
     python -m experiments.reproduce --render        # no computation: Markdown re-rendered from the JSON
@@ -28,7 +28,7 @@ PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
 Our measurement beside the paper's for each table, with the paper value's provenance mark from
-`../shared/PAPER.md`: [text] stated in the paper, [2nd] quoted by independent reimplementations, [rec]
+`experiments/harness/paper.py`: [text] stated in the paper, [2nd] quoted by independent reimplementations, [rec]
 recalled (approximate). Each section ends with the command, seed, versions, machine and wall time that
 made it; JSON beside this file holds every number. Verdict rules are stated with each verdict.
 """

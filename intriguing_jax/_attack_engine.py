@@ -374,7 +374,7 @@ def attack_loop(logits_fn: Partial, images, targets, shape, cfg, slots: int, tie
 def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized") -> "Outcome":
     """``attack_loop`` with its loop on the host: the same ``_tick``, jitted alone (in ``tier``) and called
     until no slot holds an example (XLA:CPU runs convolutions slower inside a loop body than in a program
-    of their own; ``PITFALLS``). The same arithmetic, so the same result."""
+    of their own). The same arithmetic, so the same result."""
     carry = _INIT[tier](images, targets, cfg=cfg, slots=slots)
     while bool(_PENDING[tier](carry)):
         carry = _TICK[tier](logits_fn, images, targets, carry, shape=shape, cfg=cfg)

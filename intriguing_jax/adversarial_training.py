@@ -53,9 +53,9 @@ class AdvTrainConfig:
     refresh_count: int = 200  # slots replaced per refresh, per pool
     pool_batch: int = 64  # pool examples per step, per pool
     mix: float = 0.5
-    keep_failed: bool = False  # keep the points of attacks that missed their target (the old scheme)
+    keep_failed: bool = False  # keep the points of attacks that missed their target (the pools' first design; the study measures it)
     max_distortion: float | None = None  # drop points farther than this (RMS in the layer's space)
-    initial_fill: bool = False  # fill every pool from the initial weights at step 0 (the old scheme)
+    initial_fill: bool = False  # fill every pool from the initial weights at step 0 (the pools' first design; the study measures it)
     target: str = "random"  # "random" wrong class, or "runner_up": the current net's likeliest wrong class
     overshoot: float = 1.0  # > 1: each kept point moved this far along its perturbation, past the boundary
     # a short search from c = 1 (bracket by 10, then the log-midpoint; history 10): pools are many and
@@ -368,6 +368,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
       ``seconds`` (``on_epoch`` included; summed, the run's time across resumes).
     """
     _check_model(model, adv.layers)
+    train.validate_split(model, split)
     last = time.perf_counter()  # end of the previous epoch: each epoch's record gets its seconds
     resolved = cfg.for_model(model.spec, split.share)  # as train.fit and the zoo resolve it
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
@@ -449,6 +450,7 @@ def fit_population(model: Model, split: Split, keys: jax.Array, cfg: train.Train
       history per member, records as ``fit``'s (``pool_seconds`` and ``seconds``: the member's share).
     """
     _check_model(model, adv.layers)
+    train.validate_split(model, split)
     keys = jnp.asarray(keys)
     m = len(keys)
     last = time.perf_counter()

@@ -86,7 +86,7 @@ class AttackConfig:
         8192 on accelerators). Memory is bounded by it, not by the number of examples.
       execution: where the batched solver's loop runs: ``"loop"`` (one XLA while loop: one dispatch),
         ``"stepped"`` (each iteration a jitted call from the host: XLA:CPU runs convolutions ~1.4× slower
-        inside a loop body, PITFALLS), ``"auto"`` (stepped on CPU for a model with a convolution, else the
+        inside a loop body: 1.4× on a small CNN's value-and-grad, measured here), ``"auto"`` (stepped on CPU for a model with a convolution, else the
         loop; always the loop under an outer ``jit``). The same arithmetic either way.
       compile: how XLA compiles the attack's programs: ``"fast"`` (on CPU, XLA's older fusion emitters:
         about half the compile time of the first call; up to ~15% slower per call on MLPs, about as fast

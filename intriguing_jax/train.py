@@ -491,9 +491,7 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
          on_device: bool = False, loss=None, settings=None):
     """``fit_population``; ``alone``: one member trained exactly as ``fit`` always has (its optimiser at
     its own peak rate, the single-model step)."""
-    n = validate.images(train.images, name="train.images")
-    k = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0)), x), train.images[:1]).shape[-1]
-    validate.labels(train.labels, n, k, name="train.labels")
+    validate_split(model, train)
     keys = jnp.asarray(keys)
     members = len(keys)
     resolved = cfg.for_model(model.spec, train.share)
@@ -536,6 +534,13 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
     final, _ = run_epochs(loss, state, tx, (train.images, train.labels), loop_keys, resolved.epochs, cfg.batch_size,
                           start_epoch=start, on_epoch=end_of_epoch, population=True, on_device=on_device)
     return final.params, history
+
+
+def validate_split(model: Model, split: Split) -> None:
+    """Checks a training split before any step: finite images in [0, 1] and integer labels in [0, K) for
+    the model's K (``ValueError`` naming ``train.images`` or ``train.labels``)."""
+    n = validate.images(split.images, name="train.images")
+    validate.labels(split.labels, n, validate.num_classes(model.init, model.apply, split.images), name="train.labels")
 
 
 def member(tree, m: int):

@@ -7,6 +7,7 @@ still are).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -73,6 +74,18 @@ def labels(y, n: int, k: int | None, *, name: str = "labels") -> None:
 @jax.jit
 def _call(logits_fn, x):
     return logits_fn(x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _initial_logits(fns, key, x):
+    init, apply = fns
+    return apply(init(key), x)
+
+
+def num_classes(init: Callable, apply: Callable, x) -> int:
+    """K, the number of logits a model (``init(key) -> params``, ``apply(params, x)``) gives for the batch
+    ``x`` (shapes only; a repeated call with the same functions and shapes traces nothing)."""
+    return int(_initial_logits.eval_shape((init, apply), jax.random.key(0), jnp.asarray(x[:1])).shape[-1])
 
 
 def as_partial(fn: Callable) -> Callable:

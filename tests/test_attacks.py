@@ -163,7 +163,7 @@ def test_batched_solver_no_worse_than_jaxopt(linear, mnist):
     r_ours = lbfgsb.minimize(vg, jnp.zeros_like(flat), -flat, 1 - flat, maxiter=200, ftol=cfg.ftol).x
     r_ref, _ = _engine._solve_box_lbfgs(fn, flat, tt, const, jnp.zeros_like(flat),
                                         attacks.AttackConfig(maxiter=200, solver="jaxopt"))
-    r_ref = jnp.clip(flat + r_ref, 0, 1) - flat  # jaxopt may leave the box (PITFALLS)
+    r_ref = jnp.clip(flat + r_ref, 0, 1) - flat  # jaxopt may leave the box (jaxopt issues #439, #590)
     assert np.all(np.asarray(objective(r_ours)) <= np.asarray(objective(r_ref)) + 1e-4)
     assert float(jnp.min(flat + r_ours)) >= 0 and float(jnp.max(flat + r_ours)) <= 1
 

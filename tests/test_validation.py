@@ -2,6 +2,7 @@
 placements — each call returns a valid result or raises the documented ValueError, as an independent
 oracle predicts — and the soundness of ``certified_radius`` on random small nets against a PGD search."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -223,3 +224,15 @@ def test_certified_balls_hold_no_point_a_search_finds(kind, seed):
     found = attacks.lbfgs_attack_untargeted(f, np.asarray(x), y, config=attacks.AttackConfig(c_steps=6, maxiter=40))
     ok = np.asarray(found.success) & (np.asarray(found.l2) > 0)
     assert np.all(np.asarray(found.l2)[ok] >= radius[ok] * (1 - 1e-4))
+
+
+def test_training_refuses_a_bad_split():
+    from intriguing_jax import data, models, train
+    from tests.conftest import synthetic_mnist
+    good = data._to_mnist(synthetic_mnist(n_train=64, n_test=8), "synthetic").train
+    model, cfg = models.build("FC10(1e-4)"), train.TrainConfig(epochs=1, batch_size=32)
+    for split, match in ((dataclasses.replace(good, images=good.images * 255), "train.images.*box"),
+                         (dataclasses.replace(good, labels=good.labels + 10), r"train.labels must lie in \[0, 10\)"),
+                         (dataclasses.replace(good, labels=good.labels[:10]), r"train.labels must have shape \[N\] = \[64\]")):
+        with pytest.raises(ValueError, match=match):
+            train.fit(model, split, jax.random.key(0), cfg)

@@ -51,44 +51,91 @@ def image_rows(path, rows, *, per_row: int = 8, title: str = "") -> None:
     plt.close(fig)
 
 
-def histograms(path, samples: dict, *, xlabel: str, log: bool = False, bins: int = 40) -> None:
-    """Overlaid step histograms, one per named sample (log-spaced bins if ``log``)."""
-    values = [np.asarray(v, np.float64) for v in samples.values() if len(v)]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if values:
-        lo, hi = min(v.min() for v in values), max(v.max() for v in values)
-        edges = np.geomspace(lo, hi * 1.0001, bins) if log and lo > 0 else np.linspace(lo, hi * 1.0001, bins)
-        for name, v in samples.items():
-            if len(v):
-                ax.hist(np.asarray(v), bins=edges, histtype="step", label=name)
-        if log and lo > 0:
-            ax.set_xscale("log")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel("images", fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+def _save(fig, path) -> None:
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def curves(path, histories: dict, *, keys: tuple[str, ...], xlabel: str = "epoch") -> None:
-    """One panel per key; one line per named history (a list of dicts with ``epoch`` and the keys)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for name, hist in histories.items():
-            pts = [(h["epoch"], h[key]) for h in hist if h.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="." if len(pts) < 20 else None, label=name, linewidth=1)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(key.replace("_", " "), fontsize=8)
-        if key.endswith("error"):
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=6)
+def seed_bands(path, runs: dict, *, panels: dict[str, str], xlabel: str = "epoch", title: str = "") -> None:
+    """One panel per history key (``panels``: key -> axis label); per configuration (``runs``: name -> its
+    seeds' runs, each with ``history``, a list of dicts with ``epoch``), the mean over seeds as a line
+    and the seeds' range (min–max) as a band; a configuration measured at one epoch only (a model trained
+    without the per-epoch evaluation) as a dashed horizontal line at the seeds' mean with their range
+    shaded. Colour and marker distinguish
+    configurations; the legend sits below the panels. The y-axis fits the values after the first 10% of
+    the epochs (the first epochs' transients would squash the range that matters)."""
+    colours = plt.get_cmap("tab10").colors
+    markers = "osD^v<>ph*"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    handles = {}
+    for ax, (key, label) in zip(axes[0], panels.items()):
+        shown = []
+        for i, (name, rs) in enumerate(runs.items()):
+            style = dict(color=colours[i % 10], marker=markers[i % len(markers)], markersize=4, linewidth=1.3)
+            series = [{h["epoch"]: h[key] for h in r["history"] if h.get(key) is not None} for r in rs]
+            epochs = sorted(set.intersection(*(set(s_) for s_ in series))) if series else []
+            if len(epochs) == 1:
+                v = np.array([s_[epochs[0]] for s_ in series])
+                line = ax.axhline(v.mean(), linestyle="--", color=style["color"], linewidth=1.3)
+                ax.axhspan(v.min(), v.max(), color=style["color"], alpha=0.12, linewidth=0)
+                shown += [v.min(), v.max()]
+            elif epochs:
+                v = np.array([[s_[e] for e in epochs] for s_ in series])
+                (line,) = ax.plot(epochs, v.mean(0), markevery=max(1, len(epochs) // 8), **style)
+                ax.fill_between(epochs, v.min(0), v.max(0), color=style["color"], alpha=0.18, linewidth=0)
+                late = np.asarray(epochs) > 0.1 * max(epochs)
+                shown += [v[:, late].min(), v[:, late].max()] if late.any() else [v.min(), v.max()]
+            else:
+                continue
+            handles.setdefault(name, line)
+        if shown:
+            lo, hi = min(shown), max(shown)
+            ax.set_ylim(lo - 0.08 * (hi - lo + 1e-12), hi + 0.08 * (hi - lo + 1e-12))
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(label, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(3, len(handles)), fontsize=8, frameon=False)
+    _save(fig, path)
+
+
+def ratio_ranges(path, ratios: dict[tuple[str, str], np.ndarray], *, xlabel: str, reference: float = 1.0) -> None:
+    """Per (group, method) — e.g. (model, bound) — the distribution of a positive ratio on a log axis: the
+    median as a marker, the 10–90% range as a thick bar, the full range as a thin line; one row each,
+    colour by group and marker by method, a vertical line at ``reference``."""
+    groups = list(dict.fromkeys(g for g, _ in ratios))
+    methods = list(dict.fromkeys(m for _, m in ratios))
+    colours = {g: plt.get_cmap("tab10").colors[i % 10] for i, g in enumerate(groups)}
+    markers = {m: "os^Dv"[i % 5] for i, m in enumerate(methods)}
+    rows = [(g, m) for g in groups for m in methods if (g, m) in ratios]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    for y, (g, m) in enumerate(rows):
+        v = np.asarray(ratios[(g, m)], np.float64)
+        v = v[np.isfinite(v) & (v > 0)]
+        if not len(v):
+            continue
+        lo, p10, med, p90, hi = np.quantile(v, [0, 0.1, 0.5, 0.9, 1])
+        ax.plot([lo, hi], [y, y], color=colours[g], linewidth=0.8)
+        ax.plot([p10, p90], [y, y], color=colours[g], linewidth=4, alpha=0.5, solid_capstyle="butt")
+        ax.plot([med], [y], marker=markers[m], color=colours[g], markersize=7, markeredgecolor="black",
+                markeredgewidth=0.5, linestyle="none")
+    ax.axvline(reference, color="grey", linewidth=1, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)), [f"{g}, {m}" for g, m in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    legend = [plt.Line2D([], [], marker=markers[m], color="grey", linestyle="none", label=f"{m} (median)") for m in methods]
+    legend.append(plt.Line2D([], [], color="grey", linewidth=4, alpha=0.5, label="10–90% of images"))
+    ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def filters(path, kernel, *, num: int = 100, per_row: int = 10, title: str = "") -> None:

@@ -1,4 +1,4 @@
-"""The paper's reference numbers, each with its provenance mark from ``../shared/PAPER.md``: "text"
+"""The paper's reference numbers, each with its provenance mark: "text"
 (stated in the paper's text), "2nd" (quoted by independent reimplementations), "rec" (recalled,
 approximate; never asserted in tests).
 

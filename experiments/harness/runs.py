@@ -98,18 +98,21 @@ def zoo_runs(label: str, trained: list, ev: Evaluation, workdir) -> list[dict]:
     uses, not a second training of the same recipe. The final attack is cached per checkpoint.
 
     Returns:
-      ``run``'s dict per model: ``history`` holds each epoch's training loss only, ``wall_s`` the
-      model's training time, ``checkpoint_sha256`` the checkpoint's.
+      ``run``'s dict per model: ``history`` holds each epoch's training loss, and the last epoch also its
+      errors and the attack's distortion on ``ev.during`` images (as ``run`` measures every ``ev.every``
+      epochs); ``wall_s`` the model's training time, ``checkpoint_sha256`` the checkpoint's.
     """
     out = []
     for model, params, meta in trained:
         cache = (pathlib.Path(workdir) / "adversarial_training" /
                  f"{pathlib.Path(meta['checkpoint']).stem}_final{ev.final}_{storage.cache_key(ev.attack)}")
         final = _summary(model, params, ev.images[:ev.final], ev.targets[:ev.final], ev, cache)
+        during = _summary(model, params, ev.images[:ev.during], ev.targets[:ev.during], ev)["mean_distortion"]
+        history = [{"epoch": e + 1, "loss": v} for e, v in enumerate(meta["loss_history"])]
+        history[-1].update(test_error=meta["test_error"], train_error=meta["train_error"], distortion=during)
         out.append({"variant": label, "layers": [], "seed": meta["provenance"]["seed"],
                     "epochs": len(meta["loss_history"]), "test_error": meta["test_error"],
-                    "train_error": meta["train_error"],
-                    "history": [{"epoch": e + 1, "loss": v} for e, v in enumerate(meta["loss_history"])],
+                    "train_error": meta["train_error"], "history": history,
                     "attack": {k: final[k] for k in ("n", "success_rate", "mean_distortion", "median_distortion")},
                     "wall_s": meta["provenance"]["wall_time_s"], "pool_s": 0.0,
                     "adv_config": dataclasses.asdict(at.AdvTrainConfig(layers=())),
