@@ -381,17 +381,30 @@ def _wide(net: Network):
     return (tuple(jnp.asarray(w, jnp.float64) for w in net.weights), tuple(jnp.asarray(b, jnp.float64) for b in net.biases))
 
 
+def _ibp_program(logits_fn: Callable, input_shape) -> Callable:
+    """Interval propagation through the model's jaxpr, traced once: a jitted, vmapped function of the
+    input intervals ``(lo [B, D], hi [B, D])`` (float64) returning the logits' ``(lo [B, K], hi [B, K])``."""
+    d = int(np.prod(input_shape))
+    closed = jax.make_jaxpr(_flat_fn(logits_fn, input_shape))(jnp.zeros((d,), jnp.float32))
+    consts = [np.asarray(c, np.float64) if hasattr(c, "dtype") else c for c in closed.consts]
+
+    def one(lo, hi):
+        return _interval_run(closed.jaxpr, consts, [(lo, hi)])[0]
+    return jax.jit(jax.vmap(one))
+
+
+def _ibp_box(x, eps, norm, box):
+    """The input interval of each image: its ball's bounding box (L2 and L∞ alike) ∩ the pixel box."""
+    return np.maximum(x - eps[:, None], box[0]), np.minimum(x + eps[:, None], box[1])
+
+
 def ibp_lower(logits_fn: Callable, input_shape, x: np.ndarray, spec: np.ndarray, eps: float, norm=2,
               box=(0.0, 1.0)) -> np.ndarray:
     """Lower bounds of ``spec @ logits(x')`` by interval propagation through the model's jaxpr (an L2 ball
-    enters as its bounding box ∩ [0, 1])."""
-    lo = np.maximum(x - eps, box[0]).astype(np.float64)
-    hi = np.minimum(x + eps, box[1]).astype(np.float64)
-    closed = jax.make_jaxpr(_flat_fn(logits_fn, input_shape))(jnp.zeros(x.shape, jnp.float32))
+    enters as its bounding box ∩ the pixel box), for one flat image ``x [D]``."""
     with jax.enable_x64(True):
-        out_lo, out_hi = _interval_run(closed.jaxpr, [np.asarray(c, np.float64) if hasattr(c, "dtype") else c
-                                                      for c in closed.consts], [(jnp.asarray(lo), jnp.asarray(hi))])[0]
-        out_lo, out_hi = np.asarray(out_lo), np.asarray(out_hi)
+        lo, hi = _ibp_box(np.asarray(x, np.float64)[None], np.array([eps], np.float64), norm, box)
+        out_lo, out_hi = (np.asarray(a)[0] for a in _ibp_program(logits_fn, input_shape)(lo, hi))
     pos, neg = np.maximum(spec, 0), np.minimum(spec, 0)
     return pos @ out_lo + neg @ out_hi
 
@@ -588,10 +601,19 @@ def _certified(logits_fn, xs, specs, shape, norm, method, box, eps_max, tol, ste
     """``certified_radius`` on validated, flattened float64 images ``xs [N, D]`` and their specs."""
     start = np.zeros(len(xs))
     if method == "ibp":
-        def proves(eps):
-            return np.array([np.all(ibp_lower(logits_fn, shape, x, s, e, norm, box) > 0) for x, s, e in zip(xs, specs, eps)],
-                            bool)
-        return _bisect(proves, start, np.full(len(xs), eps_max), eps_max, tol)
+        size = max(1, min(len(xs), (1 << 22) // max(xs.shape[1], 1)))  # images bounded at once
+        with jax.enable_x64(True):
+            program = _ibp_program(logits_fn, shape)
+            pos, neg = np.maximum(specs, 0), np.minimum(specs, 0)
+
+            def proves(eps):
+                out = []
+                for idx, pad in _chunks(len(xs), size):
+                    lo, hi = _ibp_box(xs[pad], eps[pad], norm, box)
+                    z_lo, z_hi = (np.asarray(a)[: len(idx)] for a in program(lo, hi))
+                    out.append(np.einsum("njk,nk->nj", pos[idx], z_lo) + np.einsum("njk,nk->nj", neg[idx], z_hi))
+                return np.all(np.concatenate(out) > 0, axis=1)
+            return _bisect(proves, start, np.full(len(xs), eps_max), eps_max, tol)
     net = read_network(logits_fn, shape)
     size = min(_chunk_size(net), max(len(xs), 1))
     with jax.enable_x64(True):

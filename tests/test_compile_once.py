@@ -88,3 +88,17 @@ def test_adversarial_training_compiles_once_per_recipe():
     first, second = _twice(fit)
     assert first >= 1 and second == 0
     np.testing.assert_array_equal(*(np.asarray(fit()[0]["params"]["dense_2"]["kernel"]) for _ in range(2)))
+
+
+def test_interval_bounds_trace_the_model_once_per_call():
+    from intriguing_jax import bounds
+
+    def traced(n):
+        x = np.asarray(MNIST.test.images[:n])
+        y = np.asarray(train.predict(MODEL.apply, PARAMS, x))
+        with traces() as t:
+            bounds.certified_radius(Partial(MODEL.apply, PARAMS), x, y, method="ibp", tol=1e-2)
+        return t["n"]
+    traced(2)  # the checks' own programs compile once
+    # the bisection takes a dozen steps per image: a per-image or per-step trace would grow with n
+    assert traced(2) == traced(8) <= 3
