@@ -95,9 +95,9 @@ def render(result: dict) -> str:
 
 
 def main(argv=None):
-    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = common.parse_args(common.base_parser(__doc__.splitlines()[0]), argv)
     mnist = common.setup(args)
-    run(common.Context(args.workdir, args.results, args.seed), mnist)
+    run(common.Context(args.workdir, args.results, args.seed, dataset=args.dataset), mnist)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--solver", default="batched", choices=sorted(attacks.SOLVERS))
     p.add_argument("--block-size", type=int, default=None,
                    help="examples solved at once (default: 32 on CPU, 8192 on accelerators)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     mnist = common.setup(args)
     model, params, _ = zoo.trained(args.model, mnist, seed=args.seed, workdir=args.workdir)
     cfg = attacks.AttackConfig(c_steps=args.c_steps, maxiter=args.maxiter, solver=args.solver,

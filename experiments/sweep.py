@@ -44,14 +44,14 @@ def main(argv=None):
     p.add_argument("--cpu-devices", type=int, default=len(os.sched_getaffinity(0)),
                    help="on a CPU host: one JAX device per core, each attacking its own block (results do "
                         "not depend on the count); ignored when an accelerator is the default backend")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any backend starts
     if args.num_processes > 1:
         if jax.default_backend() == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     mnist = common.setup(args)
-    ctx = common.Context(args.workdir, args.results, args.seed)
+    ctx = common.Context(args.workdir, args.results, args.seed, dataset=args.dataset)
     fns = {}
     for name in args.models:
         model, params, _ = common.trained(ctx, mnist, name)

@@ -19,7 +19,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
     p.add_argument("--learning-rate", type=float, default=None,
                    help="peak Adam rate (default: the model's, e.g. 1e-2 for the MLPs)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     mnist = common.setup(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
     epochs = zoo.resolved_config(args.model, cfg, args.split).epochs

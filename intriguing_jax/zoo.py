@@ -94,7 +94,7 @@ def trained_population(name: str, mnist: MNIST, seeds, *, split: str = "train",
                       for s in ("train", "test", "p1", "p2")}
             meta = {"model": model.name, "split": split, **errors, "loss_history": [h[m] for h in histories],
                     "train_config": dataclasses.asdict(cfg), "population": todo,
-                    "provenance": provenance.record(seed, wall, data_source=mnist.source)}
+                    "provenance": provenance.record(seed, wall, dataset=mnist.name, data_source=mnist.source)}
             path = checkpoint_path(workdir, name, split, seed, cfg)
             checkpoint.save(path, params, meta)
             out[seed] = (model, params, _identified(meta, path))

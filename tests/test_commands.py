@@ -2,6 +2,7 @@
 synthetic data, or with ``--help`` where even a tiny run needs the real MNIST, a peer library or minutes.
 A removed or renamed function that a command calls fails here."""
 
+import functools
 import importlib
 import json
 import pathlib
@@ -11,6 +12,7 @@ import pytest
 
 from intriguing_jax import data
 from tests.conftest import synthetic_mnist
+from tests.test_data import write_idx_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,9 +38,13 @@ def test_help(module, capsys):
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    """The CLIs' MNIST replaced by a tiny synthetic set; workdir and results under ``tmp_path``."""
-    mnist = data._to_mnist(synthetic_mnist(), "synthetic")
-    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: mnist)
+    """Tiny synthetic IDX files for each dataset, served by the real loader (its IDX route, any size
+    accepted); an empty cache; workdir and results under ``tmp_path``."""
+    for name, env, seed in (("mnist", "INTRIGUING_JAX_IDX_DIR", 0), ("fashion_mnist", "INTRIGUING_JAX_FASHION_MNIST_IDX_DIR", 1)):
+        write_idx_dir(tmp_path / f"{name}_idx", synthetic_mnist(seed=seed), compress=True)
+        monkeypatch.setenv(env, str(tmp_path / f"{name}_idx"))
+    monkeypatch.setenv("INTRIGUING_JAX_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "load", functools.partial(data.load, sizes=None, tfds_download=False))
     return ["--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--no-compile-cache"]
 
 
@@ -63,3 +69,17 @@ def test_reproduce_command_one_pipeline_then_render(tiny, tmp_path, capsys):
     reproduce.main(["--render"] + tiny)
     assert (tmp_path / "results" / "REPORT.md").read_text() == report
     assert "re-rendered" in capsys.readouterr().out
+
+
+def test_reproduce_on_fashion_mnist_writes_its_own_results(tiny, tmp_path):
+    reproduce = importlib.import_module("experiments.reproduce")
+    reproduce.main(["--dataset", "fashion_mnist", "--quick", "--only", "units", "--num-images", "4"] + tiny)
+    out = tmp_path / "results" / "fashion_mnist"
+    assert "on Fashion-MNIST" in (out / "REPORT.md").read_text()
+    units = json.loads((out / "units.json").read_text())
+    assert units["provenance"]["dataset"] == "fashion_mnist"
+    assert not (tmp_path / "results" / "units.json").exists()  # MNIST's results untouched
+    assert (tmp_path / "work" / "fashion_mnist" / "checkpoints").is_dir()
+    used = units["provenance"]["models_used"]
+    assert used and all(len(m["checkpoint_sha256"]) == 64 for m in used.values())
+    assert (tmp_path / "cache" / "fashion_mnist.npz").exists()

@@ -109,7 +109,7 @@ def test_no_source_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_unknown_source():
-    with pytest.raises(ValueError, match="unknown MNIST source"):
+    with pytest.raises(ValueError, match="unknown data source 'floppy'"):
         data.load_mnist("floppy")
 
 
@@ -123,3 +123,90 @@ def test_halves_are_disjoint_and_cover(tiny_mnist):
     p1_again, _ = data.halves(tagged)
     np.testing.assert_array_equal(p1_again.images, p1.images)  # fixed seed
     assert tiny_mnist.split("p2").images.shape == (len(train) // 2, 784)
+
+
+# ---- Fashion-MNIST's offline route: a .deb read in Python ---------------------------------------
+
+
+def _ar(members: dict) -> bytes:
+    out = b"!<arch>\n"
+    for name, blob in members.items():
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(blob):<10}".encode() + b"`\n" + blob
+        out += b"\n" if len(blob) % 2 else b""
+    return out
+
+
+def fake_deb(tmp_path, arrays=None, drop=None, truncate_member=None):
+    """A .deb shaped like Debian's dataset-fashion-mnist, holding ``arrays`` as gzipped IDX files."""
+    import io
+    import tarfile
+    a = arrays or synthetic_mnist(n_train=40, n_test=12, seed=3)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for key, stem in data.IDX_FILES.items():
+            if key == drop:
+                continue
+            arr = a[key].reshape(-1, 28, 28) if key.startswith("x") else a[key]
+            raw = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
+            blob = gzip.compress(raw[:-5] if key == truncate_member else raw)
+            info = tarfile.TarInfo(f"./{data.DEB_DIR}/{stem}.gz")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    deb = tmp_path / "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb"
+    deb.write_bytes(_ar({"debian-binary": b"2.0\n", "control.tar.xz": b"", "data.tar.xz": buf.getvalue()}))
+    return deb, hashlib.sha256(deb.read_bytes()).hexdigest(), a
+
+
+@pytest.fixture
+def deb_route(tmp_path, monkeypatch):
+    """``load("fashion_mnist", "deb")`` served by a .deb the test builds (sha256 pinned to it)."""
+    def use(deb, sha):
+        monkeypatch.setattr(data, "_download_deb", lambda dest: deb)
+        monkeypatch.setattr(data, "DEB_SHA256", sha)
+    return use
+
+
+def test_deb_route_reads_the_idx_files_and_fills_the_cache(tmp_path, deb_route, caplog):
+    deb, sha, a = fake_deb(tmp_path)
+    deb_route(deb, sha)
+    with caplog.at_level("INFO", logger="intriguing_jax.data"):
+        fm = data.load("fashion_mnist", cache=tmp_path / "cache", idx_dir=tmp_path / "none", sizes=None,
+                       tfds_download=False)
+    assert fm.source == "deb" and fm.name == "fashion_mnist" and "Fashion-MNIST served by source 'deb'" in caplog.text
+    np.testing.assert_array_equal(np.round(fm.train.images * 255).astype(np.uint8), a["x_train"])
+    np.testing.assert_array_equal(fm.test.labels, a["y_test"])
+    assert (tmp_path / "cache" / "fashion_mnist.npz").exists() and not (tmp_path / "cache" / "mnist.npz").exists()
+    again = data.load("fashion_mnist", "cache", cache=tmp_path / "cache", sizes=None)
+    assert again.source == "cache" and np.array_equal(again.train.images, fm.train.images)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("checksum", "sha256"),
+    ("truncated_archive", "truncated"),
+    ("truncated_member", r"t10k-images-idx3-ubyte.gz.*(truncated|corrupt)"),
+    ("missing_member", "lacks .*train-labels-idx1-ubyte.gz"),
+    ("wrong_shape", "expected 60000"),
+])
+def test_a_broken_deb_is_a_clear_error_and_leaves_no_cache(tmp_path, deb_route, damage, match):
+    deb, sha, _ = fake_deb(tmp_path, truncate_member="x_test" if damage == "truncated_member" else None,
+                           drop="y_train" if damage == "missing_member" else None)
+    if damage == "truncated_archive":
+        deb.write_bytes(deb.read_bytes()[:-1000])
+        sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    deb_route(deb, "0" * 64 if damage == "checksum" else sha)
+    with pytest.raises(data.DataError, match=match):
+        data.load("fashion_mnist", "deb", cache=tmp_path / "cache",
+                  sizes=(data.NUM_TRAIN, data.NUM_TEST) if damage == "wrong_shape" else None)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_datasets_by_name_and_their_sources(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.load("cifar")
+    with pytest.raises(ValueError, match="Fashion-MNIST has no 'wheel' source"):
+        data.load("fashion_mnist", "wheel", cache=tmp_path)
+    a = synthetic_mnist(n_train=30, n_test=10, seed=4)  # IDX files of each dataset in its own directory
+    write_idx_dir(tmp_path / "fashion_mnist_idx", a, compress=True)
+    fm = data.load("fashion_mnist", "idx", cache=tmp_path, sizes=None)
+    assert fm.source == "idx" and fm.name == "fashion_mnist" and len(fm.train) == 30
+    assert not (tmp_path / "mnist.npz").exists()  # the MNIST cache untouched
