@@ -46,7 +46,7 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     def group(name, adv, member_seeds, length):  # --seed shifts every run's seed, as in the training study
         if not adv.layers:  # weight decay alone: the zoo's checkpoints, the models Table 1 uses
             c = dataclasses.replace(ctx, train_cfg=dataclasses.replace(ctx.train_cfg, epochs=length))
-            return runs.zoo_runs(name, common.trained_population(c, mnist, MODEL, [ctx.seed + s for s in member_seeds]),
+            return runs.zoo_runs(name, common.trained_seeds(c, mnist, MODEL, [ctx.seed + s for s in member_seeds]),
                                  ev, ctx.workdir)
         bar, tick = common.epoch_bar(length, f"{name} ({len(member_seeds)} seeds)")
         with bar:

@@ -51,7 +51,7 @@ def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) 
                                         lambda e, losses: tick(e, sum(losses) / len(losses)))
 
     def baseline():  # the zoo's checkpoints: the models Table 1 and the pools' report use
-        return [{**r, "setting": {}} for r in runs.zoo_runs(BASELINE, common.trained_population(
+        return [{**r, "setting": {}} for r in runs.zoo_runs(BASELINE, common.trained_seeds(
             ctx, mnist, pools.MODEL, [ctx.seed + s for s in seeds + more]), ev, ctx.workdir)]
 
     study, controls = {}, {}

@@ -85,7 +85,7 @@ class Context:
 
 def trained(ctx: Context, mnist: data.MNIST, name: str, split: str = "train"):
     """``zoo.trained`` with a progress bar: ``(model, params, meta)``, cached under ``ctx.workdir``."""
-    return trained_population(ctx, mnist, name, [ctx.seed], split)[0]
+    return trained_seeds(ctx, mnist, name, [ctx.seed], split)[0]
 
 
 # every model a pipeline of this process loaded or trained: (when, label, identity); ``record`` lists those
@@ -98,13 +98,13 @@ def model_label(name: str, split: str, seed: int, epochs: int) -> str:
     return f"{models.canonical_name(name)} on {split}, seed {seed}, {epochs} epochs"
 
 
-def trained_population(ctx: Context, mnist: data.MNIST, name: str, seeds, split: str = "train") -> list:
-    """``zoo.trained_population`` (the seeds not cached train as one population) with a progress bar;
-    each model is logged for ``record``'s ``models_used``."""
+def trained_seeds(ctx: Context, mnist: data.MNIST, name: str, seeds, split: str = "train") -> list:
+    """``zoo.trained_seeds`` (each seed not cached trains alone) with a progress bar; each model is
+    logged for ``record``'s ``models_used``."""
     epochs = zoo.resolved_config(name, ctx.train_cfg, split).epochs
-    bar, tick = epoch_bar(epochs, f"train {name} on {split}")
+    bar, tick = epoch_bar(epochs * len(seeds), f"train {name} on {split}")
     with bar:
-        out = zoo.trained_population(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
+        out = zoo.trained_seeds(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
                                      on_epoch=lambda e, losses: tick(e, sum(losses) / len(losses)))
     for seed, (_, _, meta) in zip(seeds, out):
         _MODELS_USED.append((time.time(), model_label(name, split, seed, epochs), {
@@ -115,7 +115,7 @@ def trained_population(ctx: Context, mnist: data.MNIST, name: str, seeds, split:
 
 def models_used(since: float) -> dict:
     """``label -> {checkpoint_sha256, test_error, checkpoint}`` of every model loaded or trained through
-    ``trained``/``trained_population`` since ``since`` (a ``time.time()``)."""
+    ``trained``/``trained_seeds`` since ``since`` (a ``time.time()``)."""
     return {label: entry for t, label, entry in _MODELS_USED if t >= since}
 
 

@@ -44,12 +44,12 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None) -> dict:
         result["provenance"] = common.record(ctx, t0, pipeline="training_study")
         report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     for study in studies:
-        groups = {}  # one population per (model, split, configuration): its seeds train together
+        groups = {}  # per (model, split, configuration): its seeds, each a zoo checkpoint
         for label, (name, split, cfg, seed) in STUDIES[study].items():
             groups.setdefault((name, split, cfg), []).append((label, ctx.seed + seed))  # --seed shifts them
         for (name, split, cfg), runs in groups.items():
             t0 = time.time()
-            for (label, seed), (_, _, meta) in zip(runs, common.trained_population(
+            for (label, seed), (_, _, meta) in zip(runs, common.trained_seeds(
                     dataclasses.replace(ctx, train_cfg=cfg), mnist, name, [s for _, s in runs], split)):
                 result["runs"][label] = {"study": study, "model": name, "split": split, "seed": seed,
                                          "config": dataclasses.asdict(cfg), "config_key": zoo.config_key(name, cfg, split),

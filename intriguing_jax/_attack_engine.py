@@ -12,6 +12,7 @@ References: Szegedy et al. 2014, Sec. 4.1; Byrd, Lu, Nocedal & Zhu 1995 (L-BFGS-
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -354,13 +355,31 @@ _WALK_END = _jit_tiers(_walk_end, static_argnames=("cfg",))
 _ATTACKED: dict = {}  # a program's signature -> images attacked with it in this process
 
 
+@functools.cache
+def fast_tier_available() -> bool:
+    """Whether this XLA accepts the fast tier's options (``FAST_COMPILE`` names a migration switch that a
+    later XLA may drop, rejecting it as unknown). Probed once per process on a trivial program; a
+    rejection is said once, as a ``RuntimeWarning``, and every attack then compiles optimized."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=FAST_COMPILE).lower(jnp.float32(0)).compile()
+        return True
+    except Exception as e:  # XLA raises its runtime error type: "No such compile option"
+        warnings.warn(f"XLA rejected the attack's fast compilation tier ({FAST_COMPILE}: {e}); compiling the "
+                      "optimized tier only (same results, slower first calls)", RuntimeWarning, stacklevel=3)
+        return False
+
+
 def tier(mode: str, signature, rows: int) -> str:
     """Which compilation serves a call of ``rows`` images: ``mode`` as ``AttackConfig.compile`` says
     (``"auto"``: ``"fast"`` on CPU until the program with this ``signature`` has attacked ``FAST_ROWS``
-    images in this process, counting this call's; ``"optimized"`` on other backends)."""
-    if mode != "auto":
-        return mode
-    if jax.default_backend() != "cpu":
+    images in this process, counting this call's; ``"optimized"`` on other backends), and always
+    ``"optimized"`` where XLA rejects the fast tier's options (``fast_tier_available``). The tiers give
+    bit-identical results, so the choice changes the time a call takes, never its result."""
+    if mode == "optimized" or (mode == "fast" and not fast_tier_available()):
+        return "optimized"
+    if mode == "fast":
+        return "fast"
+    if jax.default_backend() != "cpu" or not fast_tier_available():
         return "optimized"
     _ATTACKED[signature] = _ATTACKED.get(signature, 0) + rows
     return "fast" if _ATTACKED[signature] <= FAST_ROWS else "optimized"

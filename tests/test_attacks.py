@@ -376,3 +376,24 @@ def test_host_stepped_and_single_loop_execution_agree(mnist):
     assert not _engine.has_convolution(mlp_fn, jax.ShapeDtypeStruct((2, 784), jnp.float32))
     with pytest.raises(ValueError, match="execution"):
         attacks.AttackConfig(execution="threads")
+
+
+def test_a_rejected_fast_tier_falls_back_once_and_says_so(monkeypatch, mlp):
+    """An XLA that no longer knows the fast tier's option: every call compiles optimized, one warning."""
+    model, params = mlp
+    monkeypatch.setattr(_engine, "FAST_COMPILE", {"xla_option_this_xla_does_not_know": False})
+    _engine.fast_tier_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="rejected the attack's fast compilation tier") as record:
+            assert _engine.tier("auto", ("sig",), 1) == "optimized"
+            assert _engine.tier("fast", ("sig",), 1) == "optimized"
+        assert len(record) == 1
+        x = np.random.default_rng(0).uniform(0, 1, (3, 784)).astype(np.float32)
+        t = np.array([1, 2, 3], np.int32)
+        fn = Partial(model.apply, params)
+        cfg = attacks.AttackConfig(c_steps=2, maxiter=10, walk_steps=0)
+        fast = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, compile="fast"))
+        opt = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, compile="optimized"))
+        np.testing.assert_array_equal(np.asarray(fast.adversarial), np.asarray(opt.adversarial))
+    finally:
+        _engine.fast_tier_available.cache_clear()

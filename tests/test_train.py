@@ -74,8 +74,8 @@ def test_zoo_trains_once_then_loads(tmp_path, tiny_mnist):
 
 def test_zoo_population_caches_each_seed_as_trained_would(tmp_path, tiny_mnist, monkeypatch):
     cfg = train.TrainConfig(epochs=1, batch_size=50)
-    runs = zoo.trained_population("FC10(1e-2)", tiny_mnist, (0, 1), cfg=cfg, workdir=tmp_path)
-    assert [m["population"] for _, _, m in runs] == [[0, 1], [0, 1]]
+    runs = zoo.trained_seeds("FC10(1e-2)", tiny_mnist, (0, 1), cfg=cfg, workdir=tmp_path)
+    assert [m["provenance"]["seed"] for _, _, m in runs] == [0, 1]
     assert sorted(p.suffix for p in (tmp_path / "checkpoints").iterdir()) == [".ckpt", ".ckpt"]  # partial removed
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a cached seed was trained again"))
     _, params, meta = zoo.trained("FC10(1e-2)", tiny_mnist, seed=1, cfg=cfg, workdir=tmp_path)
@@ -219,3 +219,12 @@ def test_a_killed_training_resumes_after_its_last_epoch(tiny_mnist, tmp_path):
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hist, full_hist, rtol=1e-5)
+
+
+def test_a_zoo_checkpoint_does_not_depend_on_the_seeds_trained_beside_it(tmp_path, tiny_mnist):
+    cfg = train.TrainConfig(epochs=2, batch_size=64)
+    (_, alone, _), = zoo.trained_seeds("FC100-100-10", tiny_mnist, [1], cfg=cfg, workdir=tmp_path / "a")
+    _, (_, grouped, meta), _ = zoo.trained_seeds("FC100-100-10", tiny_mnist, [0, 1, 2], cfg=cfg, workdir=tmp_path / "b")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(grouped)))
+    assert meta["checkpoint_sha256"] != zoo.trained_seeds("FC100-100-10", tiny_mnist, [0], cfg=cfg,
+                                                               workdir=tmp_path / "b")[0][2]["checkpoint_sha256"]

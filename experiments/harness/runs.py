@@ -93,7 +93,7 @@ def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed:
 
 
 def zoo_runs(label: str, trained: list, ev: Evaluation, workdir) -> list[dict]:
-    """Models the zoo trained (``zoo.trained_population``'s ``(model, params, meta)``, plain training: no
+    """Models the zoo trained (``zoo.trained_seeds``'s ``(model, params, meta)``, plain training: no
     pools) measured as ``run`` measures a run, so that weight decay alone is the very checkpoint Table 1
     uses, not a second training of the same recipe. The final attack is cached per checkpoint.
 
