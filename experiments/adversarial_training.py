@@ -99,6 +99,16 @@ def readings(st: dict) -> list:
                verdicts.near_baseline(st, BASELINE)])
 
 
+PAPER_SOURCE = "Sec. 4.2"
+OWN_READINGS = {1, 2}  # claims() positions that are our readings, not the paper's
+
+
+def claims(result: dict) -> list:
+    """The paper's adversarial-training claim and our readings of the final runs, ``Verdict`` by rule."""
+    return [verdicts.pools_beat_weight_decay(result["summary"], len(result["seeds"])),
+            verdicts.higher_layers_more_useful(result["summary"]), verdicts.distortion_rises(result["summary"])]
+
+
 def render(result: dict) -> str:
     recipe = zoo.resolved_config(result["model"], train.TrainConfig(**result["train_config"])).epochs
     cfg = next((rs[0]["adv_config"] for rs in result["runs"].values() if rs[0]["layers"]),
@@ -115,8 +125,6 @@ def render(result: dict) -> str:
             "along its perturbation; or made by one solve at a fixed c = 1, without the cap)\n\n" + final + "\n" + runs.runs_table(result["runs"])
             + f"\n**The study's readings** ({len(result['study_seeds'])} seeds: a difference counts only where the "
             "seeds' ranges do not overlap)\n\n" + verdicts.bullets(readings({e["configuration"]: e for e in result["study"]})) + "\n\n"
-            + verdicts.bullets([verdicts.pools_beat_weight_decay(result["summary"], len(result["seeds"])),
-                                verdicts.higher_layers_more_useful(result["summary"]),
-                                verdicts.distortion_rises(result["summary"])]) + "\n\n"
+            + verdicts.bullets(claims(result)) + "\n\n"
             + runs.controls_section(result, BASELINE)
             + f"![curves]({result['figure']})\n\n" + report.provenance_line(result["provenance"]) + "\n")

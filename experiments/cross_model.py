@@ -65,6 +65,18 @@ def _fig7(ctx, x, y, adversarial, classify) -> dict | None:
     return {"model": FIG7_MODEL, "stddev": FIG7_STDDEV, "figure": str(path.relative_to(ctx.out)), **acc}
 
 
+PAPER_SOURCE = "Table 2, Fig. 7"
+
+
+def claims(result: dict) -> list:
+    """The paper's Table 2 and Fig. 7 claims, each a ``Verdict`` by its rule (None where one cannot be made)."""
+    m, cols, g = result["matrix"], result["columns"], "Gaussian noise, stddev 0.1"
+    return [verdicts.cross_model_transfer(transfer.cross_model_summary(m, result["adversarial_rows"], cols)),
+            verdicts.noise_barely_hurts({"stddev": 0.1, "clean_error": result["clean_error"], "noisy_error": m[g],
+                                         "clipped_error": m.get(g + transfer.CLIPPED)}) if g in m else None,
+            verdicts.fig7(result["fig7"]) if result.get("fig7") else None]
+
+
 def render(result: dict) -> str:
     cols, m = result["columns"], result["matrix"]
     body = []
@@ -74,11 +86,7 @@ def render(result: dict) -> str:
         pd = paper.TABLE2[row][1] if row in paper.TABLE2 else None
         body.append([row] + cells + [report.num(result["rms"][row]) + (f" ({report.num(pd)})" if pd is not None else "")])
     body.append(["Clean images (no perturbation)"] + [report.pct(result["clean_error"][c], 1) for c in cols] + ["0"])
-    g = "Gaussian noise, stddev 0.1"
-    found = [verdicts.cross_model_transfer(transfer.cross_model_summary(m, result["adversarial_rows"], cols)),
-             verdicts.noise_barely_hurts({"stddev": 0.1, "clean_error": result["clean_error"], "noisy_error": m[g],
-                                          "clipped_error": m.get(g + transfer.CLIPPED)}) if g in m else None,
-             verdicts.fig7(result["fig7"]) if result.get("fig7") else None]
+    found = claims(result)
     return ("## Table 2: cross-model generalisation\n\n"
             f"Error rate of the model in the column on the {result['num_images']} first training images perturbed "
             "for the model in the row (against their true labels); ours, then the paper's in brackets with its "

@@ -57,6 +57,16 @@ def run(ctx: common.Context, mnist, models=MODELS) -> dict:
     return report.publish(ctx.out, "table3_4.json", "table3_4_cross_training.md", result, render)
 
 
+PAPER_SOURCE = "Tables 3–4"
+
+
+def claims(result: dict) -> list:
+    """The paper's Tables 3–4 claims, each a ``Verdict`` by its rule (none without a cross-set row)."""
+    s = transfer.cross_training_summary(result["matrix"], result["columns"], MAGNIFIED)
+    return [verdicts.cross_training_transfer(s), verdicts.magnified_transfer(s, MAGNIFIED_RMS)] \
+        if s["adv_other_set"] is not None else []
+
+
 def render(result: dict) -> str:
     cols, n, lit = result["columns"], result["num_images"], result["literal_magnified"]
     t3 = [[d, r["trained_on"]] + [report.pct(r[k]) + (f" ({report.pct(paper.TABLE3[d][i])})" if d in paper.TABLE3 else "")
@@ -67,8 +77,7 @@ def render(result: dict) -> str:
                                                else "") for i, c in enumerate(cols)] + [report.num(result["rms"][row])]
             for row, errs in result["matrix"].items()]
     body.append(["Clean test images"] + [report.pct(result["clean_error"][c], 1) for c in cols] + ["0"])
-    s = transfer.cross_training_summary(result["matrix"], cols, MAGNIFIED)
-    found = [verdicts.cross_training_transfer(s), verdicts.magnified_transfer(s, MAGNIFIED_RMS)] if s["adv_other_set"] is not None else []
+    found = claims(result)
     return ("## Table 3: models trained on disjoint halves\n\n"
             "Ours, the paper's in brackets (all [rec]: recalled, approximate). Distortion: mean RMS per pixel "
             f"of the attack on the {n} first test images (seeded random wrong targets).\n\n"

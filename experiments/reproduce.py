@@ -12,11 +12,12 @@ where it stopped. REPORT.md is assembled from every JSON result present in --res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
-from experiments.harness import runtime
+from experiments.harness import cross_dataset, runtime
 from intriguing_jax import attacks, compile_cache, data, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
@@ -68,8 +69,13 @@ def write_report(ctx: common.Context) -> str:
     header = HEADER if ctx.dataset == "mnist" else HEADER.replace(
         "the paper's MNIST results, reproduced", f"the paper's experiments on {data.spec(ctx.dataset).title}").replace(
         "Our measurement beside the paper's for each table", "Our measurement for each table, the paper's MNIST value beside it")
-    text = header + "\n" + "\n".join(sections)
+    if ctx.dataset == "mnist":
+        sections.append(cross_dataset.section({n: (m, f) for n, (m, f, _) in PIPELINES.items()}, ctx.out,
+                                              {n: s.title for n, s in data.DATASETS.items()}))
+    text = header + "\n" + "\n".join(s for s in sections if s)
     storage.write_text(ctx.out / "REPORT.md", text)
+    if ctx.dataset != "mnist" and (ctx.out.parent / "REPORT.md").exists():  # MNIST's report: its cross-dataset table
+        write_report(dataclasses.replace(ctx, results=str(ctx.out.parent), dataset="mnist"))
     return text
 
 

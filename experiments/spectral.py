@@ -75,6 +75,15 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
     return report.publish(ctx.out, "spectral.json", "spectral.md", result, render)
 
 
+PAPER_SOURCE = None  # its checks are ours: the paper gives bounds, not these tests
+
+
+def claims(result: dict) -> list:
+    """The spectral section's checks, each a ``Verdict`` by its rule."""
+    rows = {n: s["bound_propagation"]["crown"] for n, s in result["sandwich"].items() if "bound_propagation" in s}
+    return [verdicts.certified_below_found(result["sandwich"]), verdicts.bound_propagation_tight(rows)]
+
+
 def render(result: dict) -> str:
     a = result["alexnet"]
     t5 = [[r["layer"], r["size"], r["stride"] or "–", report.num(r["bound"], 2),

@@ -46,6 +46,14 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
     return report.publish(ctx.out, "table1.json", "table1_models.md", result, render)
 
 
+PAPER_SOURCE = "Table 1"
+
+
+def claims(result: dict) -> list:
+    """The paper's Table 1 claims, each a ``Verdict`` by its rule (None where one cannot be made)."""
+    return [verdicts.blind_spots(result["rows"]), verdicts.weight_decay_order(result["rows"])]
+
+
 def render(result: dict) -> str:
     body = []
     for name, r in result["rows"].items():
@@ -60,7 +68,6 @@ def render(result: dict) -> str:
             "model's argmax on the returned, box-clipped image equals the target.\n\n"
             + report.table(["Model", "Train err (ours)", "(paper)", "Test err (ours)", "(paper)",
                             "Av. min. distortion (ours)", "(paper)", "Attack success"], body)
-            + "\n" + verdicts.bullets([verdicts.blind_spots(result["rows"]),
-                                        verdicts.weight_decay_order(result["rows"])]) + "\n\n"
+            + "\n" + verdicts.bullets(claims(result)) + "\n\n"
             + "".join(f"![{n} filters]({f})\n\n" for n, f in result.get("filter_figures", {}).items())
             + report.provenance_line(result["provenance"]) + "\n")

@@ -57,6 +57,14 @@ def run(ctx: common.Context, mnist, layers=LAYERS) -> dict:
     return report.publish(ctx.out, "units.json", "units.md", result, render)
 
 
+PAPER_SOURCE = "Sec. 3"
+
+
+def claims(result: dict) -> list:
+    """The paper's Sec. 3 claim per analysed layer, a ``Verdict`` by its rule."""
+    return [verdicts.units_like_random(name, r) for name, r in result["layers"].items()]
+
+
 def render(result: dict) -> str:
     lines = ["## Unit analysis (Sec. 3, Figs. 1–2)\n",
              f"Held-out set: {result['held_out']}; each direction's top-{result['k']} images. Scores per "

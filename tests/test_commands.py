@@ -71,14 +71,20 @@ def test_reproduce_command_one_pipeline_then_render(tiny, tmp_path, capsys):
     assert "re-rendered" in capsys.readouterr().out
 
 
-def test_reproduce_on_fashion_mnist_writes_its_own_results(tiny, tmp_path):
+def test_reproduce_on_fashion_mnist_writes_its_own_results_and_the_cross_dataset_table(tiny, tmp_path):
     reproduce = importlib.import_module("experiments.reproduce")
+    reproduce.main(["--quick", "--only", "units", "--num-images", "4"] + tiny)  # MNIST first
+    assert "The claims on each dataset" not in (tmp_path / "results" / "REPORT.md").read_text()  # one dataset
     reproduce.main(["--dataset", "fashion_mnist", "--quick", "--only", "units", "--num-images", "4"] + tiny)
+    mnist_report = (tmp_path / "results" / "REPORT.md").read_text()
+    table = mnist_report[mnist_report.index("## The claims on each dataset"):]
+    assert "| Claim | Paper (MNIST) | Ours, MNIST | Ours, Fashion-MNIST | Verdicts |" in table
+    assert "claimed (Sec. 3)" in table
     out = tmp_path / "results" / "fashion_mnist"
     assert "on Fashion-MNIST" in (out / "REPORT.md").read_text()
     units = json.loads((out / "units.json").read_text())
     assert units["provenance"]["dataset"] == "fashion_mnist"
-    assert not (tmp_path / "results" / "units.json").exists()  # MNIST's results untouched
+    assert json.loads((tmp_path / "results" / "units.json").read_text())["provenance"]["dataset"] == "mnist"
     assert (tmp_path / "work" / "fashion_mnist" / "checkpoints").is_dir()
     used = units["provenance"]["models_used"]
     assert used and all(len(m["checkpoint_sha256"]) == 64 for m in used.values())

@@ -141,3 +141,13 @@ def test_controls_rules_go_either_way():
     assert "says little about the pools" in verdicts.settled(flat, pools_level).detail
     assert "| FGSM |" in verdicts.controls_table({"FGSM": {"seeds": [0, 1], "test_errors": [0.01, 0.02],
                                                           "train_errors": [0.0, 0.0], "distortions": [0.05, None]}})
+
+
+def test_the_cross_dataset_agreement_only_compares_verdicts():
+    from experiments.harness import cross_dataset
+    v = lambda holds: verdicts.Verdict("c", holds, "", {})  # noqa: E731
+    assert cross_dataset._agreement({"MNIST": v(True), "Fashion-MNIST": v(True)}) == "holds on every dataset"
+    assert cross_dataset._agreement({"MNIST": v(False), "Fashion-MNIST": v(False)}) == "holds on none"
+    assert cross_dataset._agreement({"MNIST": v(True), "Fashion-MNIST": v(False)}) == "holds on MNIST only"
+    assert cross_dataset._agreement({"MNIST": v(True), "Fashion-MNIST": None}) == "one dataset only"
+    assert cross_dataset._agreement({"MNIST": v(None), "Fashion-MNIST": v(True)}) == "one dataset only"
