@@ -204,6 +204,29 @@ def flax_cnn(mnist, workdir):
     return model, params
 
 
+def pgd_mlp(mnist, workdir, epsilon: float = 1.0, epochs: int = 20):
+    """A defended model: FC100-100-10 trained ``epochs`` epochs by L2 PGD adversarial training
+    (``robust_training.L2PGDLoss``, ε = ``epsilon`` in L2, 7 steps), cached under ``workdir``. Not used to
+    choose any default; the attack benchmarks' defended MLP. Returns ``(model, params)``."""
+    import pathlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from intriguing_jax import checkpoint, models, robust_training, train
+    model = models.build("FC100-100-10")
+    path = pathlib.Path(workdir) / "checkpoints" / f"bench_pgd_mlp_eps{epsilon:g}_e{epochs}_s0.ckpt"
+    try:
+        params, _ = checkpoint.load(path, model.init(jax.random.key(0)))
+    except (FileNotFoundError, checkpoint.CheckpointError):
+        pop, _ = train.fit_population(model, mnist.train, jnp.stack([jax.random.key(0)]), train.TrainConfig(epochs=epochs),
+                                      loss=robust_training.L2PGDLoss(model), settings={"epsilon": [epsilon]})
+        params = train.member(pop, 0)
+        checkpoint.save(path, params, {"test_error": train.error_rate(model.apply, params, mnist.test),
+                                       "recipe": f"L2PGDLoss(steps=7, step_scale=0.25), epsilon {epsilon}, {epochs} epochs"})
+    return model, params
+
+
 def _problem(name, mnist, workdir, n):
     import jax
     import numpy as np
@@ -213,6 +236,8 @@ def _problem(name, mnist, workdir, n):
         model, params = relu_mlp(mnist, workdir)
     elif name == "flax-cnn":
         model, params = flax_cnn(mnist, workdir)
+    elif name == "pgd-mlp":
+        model, params = pgd_mlp(mnist, workdir)
     else:
         model, params, _ = zoo.trained(name, mnist, workdir=workdir)
     images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images

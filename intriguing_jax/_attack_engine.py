@@ -56,14 +56,17 @@ def default_block_size(backend: str | None = None) -> int:
 
 
 def _loss(logits, targets, cfg):
-    """Per-example classification term ``[N]`` toward ``targets``."""
+    """Per-example classification term ``[N]`` toward ``targets`` (an untargeted row's cross-entropy: away
+    from its label, ``refine.classification_loss``; its margin: its best wrong class's lead)."""
     if cfg.loss == "ce":
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+        return refine.classification_loss(logits, targets)
     return jax.nn.relu(-_margin(logits, targets) + cfg.kappa)  # zero once the target leads by kappa
 
 
 def _margin(logits, targets):
-    """How far the target logit leads every other one (> 0: the target is predicted)."""
+    """How far the target logit leads every other one (> 0: the target is predicted; an untargeted row's
+    target is its best wrong class, ``refine.effective_targets``)."""
+    targets = refine.effective_targets(logits, targets)
     z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)[:, 0]
     others = jnp.where(jax.nn.one_hot(targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
     return z_t - jnp.max(others, axis=1)
@@ -459,21 +462,23 @@ def shorten(flat_logits, x, targets, z, cfg):
     def probe(i, state):
         # i = 0 checks the perturbation as found (and gives a failure its prediction); each later
         # step halves the bracket [short, long] of lengths with long always verified to succeed
-        short, long, first_ok, first_pred = state
+        short, long, first_ok, first_pred, long_pred = state
         s = jnp.where(i == 0, ones, 0.5 * (short + long))
         logits = flat_logits(jnp.clip(x + s[:, None] * r, lo, hi))
-        pred = jnp.argmax(logits, -1)
+        pred = jnp.argmax(logits, -1).astype(targets.dtype)
         ok = refine.leads(logits, targets)
         first_ok = jnp.where(i == 0, ok, first_ok)
         first_pred = jnp.where(i == 0, pred, first_pred)
         short = jnp.where((i > 0) & ~ok, s, short)
         long = jnp.where((i > 0) & ok, s, long)
-        return short, long, first_ok, first_pred
+        long_pred = jnp.where(ok, pred, long_pred)  # the class reached at the longest verified length
+        return short, long, first_ok, first_pred, long_pred
 
-    init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), targets)
-    _, scale, ok, pred = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
-    # the returned image is exactly the one verified: x + long·r where the check succeeded
-    return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, targets, pred)
+    init = (0.0 * ones, ones, jnp.zeros(ones.shape, bool), targets, targets)
+    _, scale, ok, pred, reached = jax.lax.fori_loop(0, cfg.shrink_steps + 1, probe, init)
+    # the returned image is exactly the one verified: x + long·r where the check succeeded (its class: the
+    # target, or an untargeted row's class reached there)
+    return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, reached, pred)
 
 
 def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True) -> "Outcome":
@@ -502,9 +507,9 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool =
     x_adv, pred, evals = x_adv.reshape(size, d)[:n], pred.reshape(-1)[:n], evals + extra.reshape(-1)[:n]
     r = x_adv - x
     return Outcome(
-        adversarial=x_adv.reshape((n,) + shape), success=pred == targets,
+        adversarial=x_adv.reshape((n,) + shape), success=refine.reached(pred, targets),
         l2=jnp.sqrt(jnp.sum(r ** 2, axis=1)), linf=jnp.max(jnp.abs(r), axis=1),
-        distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)), c=c, target=targets, prediction=pred,
+        distortion=jnp.sqrt(jnp.mean(r ** 2, axis=1)), c=c, target=jnp.where(targets >= 0, targets, pred), prediction=pred,
         grad_evals=evals)
 
 

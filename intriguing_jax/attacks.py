@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from intriguing_jax import _attack_engine as _engine
-from intriguing_jax import storage, validate
+from intriguing_jax import refine, storage, validate
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 SOLVERS = ("batched", "jaxopt")  # AttackConfig.solver's choices
@@ -239,6 +239,11 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     """
     cfg = config or AttackConfig()
     _validate(logits_fn, images, targets, cfg.box)
+    return _attack(logits_fn, images, targets, cfg)
+
+
+def _attack(logits_fn, images, targets, cfg: AttackConfig) -> AttackResult:
+    """``lbfgs_attack`` on validated arguments; ``targets`` may hold untargeted rows (``refine.untargeted``)."""
     images = jnp.asarray(images, jnp.float32)
     shape = tuple(images.shape[1:])
     flat = images.reshape(images.shape[0], -1)
@@ -268,48 +273,78 @@ def _stepped(fn, images, cfg: AttackConfig) -> bool:
 
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,
-                            config: AttackConfig | None = None, max_rows: int = 8192) -> AttackResult:
+                            config: AttackConfig | None = None, max_rows: int = 8192,
+                            search: str | int = "all") -> AttackResult:
     """Closest adversarial example over all wrong labels, per image.
 
-    Runs the targeted attack on every (image, label ≠ ``labels[i]``) pair — K − 1 problems per image,
-    streaming through ``block_size`` solver rows — and keeps each image's smallest successful perturbation.
-    Images go through in blocks of ``max_rows // (K − 1)`` (the last one padded: one compilation), so
-    memory is bounded by ``max_rows`` whatever N; the result does not depend on the blocking.
+    ``search="all"``: the targeted attack on every (image, label ≠ ``labels[i]``) pair — K − 1 problems
+    per image, streaming through ``block_size`` solver rows — keeping each image's smallest successful
+    perturbation. Images go through in blocks of ``max_rows // (K − 1)`` (the last one padded: one
+    compilation), so memory is bounded by ``max_rows`` whatever N; the result does not depend on the
+    blocking. ``search="one"``: one problem per image, the paper's penalty with the cross-entropy (or
+    ``config.loss``'s margin) toward the image's best wrong class wherever the solver is
+    (``refine.effective_targets``): the same c search, shortening and walk, succeeding once the label is
+    no longer predicted. ``search=m`` (an int): the targeted attack toward the m wrong classes whose
+    decision boundary is nearest at the clean image by the linearised estimate ``(z_label − z_j) /
+    ‖∇(z_label − z_j)‖`` (DeepFool's), keeping the smallest success: m solves per image.
 
     Args:
       logits_fn: as for ``lbfgs_attack``.
       images: ``[N, ...]`` floats inside ``config.box``; labels: ``[N]`` their true labels.
       config: ``AttackConfig`` (default ``AttackConfig()``).
-      max_rows: (image, target) problems held at once (8192 MNIST problems: ~25 MB per array).
+      max_rows: (image, target) problems held at once by ``search="all"`` (8192 MNIST problems: ~25 MB
+        per array).
+      search: ``"all"`` (K − 1 targeted solves per image), ``"one"`` (one untargeted solve) or an int m
+        (the m nearest classes' targeted solves).
 
     Returns:
-      ``AttackResult`` per image: the successful example with the smallest ‖r‖₂ over the K − 1 targets
-      (``target`` says which). An image the model already misclassifies is its own closest adversarial
-      (l2 = 0).
+      ``AttackResult`` per image: the successful example with the smallest ‖r‖₂ found (``target``: the
+      class it reaches). An image the model already misclassifies is its own closest adversarial (l2 = 0).
     """
     cfg = config or AttackConfig()
+    if not (search in ("all", "one") or (isinstance(search, int) and search >= 1)):
+        raise ValueError(f"search must be 'all', 'one' or a number of classes >= 1, got {search!r}")
     k = _validate(logits_fn, images, labels, cfg.box, targets_name="labels")
-    if max_rows < k - 1:
-        raise ValueError(f"max_rows must hold one image's {k - 1} targets, got {max_rows}")
+    if search == "one":
+        return _attack(logits_fn, images, refine.untargeted(jnp.asarray(labels, jnp.int32)), cfg)
+    m = k - 1 if search == "all" else min(search, k - 1)
+    if max_rows < m:
+        raise ValueError(f"max_rows must hold one image's {m} targets, got {max_rows}")
     images = jnp.asarray(images, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    n, per = images.shape[0], max_rows // (k - 1)
+    n, per = images.shape[0], max_rows // m
     if n <= per:
-        return _closest_over_targets(logits_fn, images, labels, k, cfg)
+        return _closest_over_targets(logits_fn, images, labels, k, m, cfg)
     parts = []
     for start in range(0, n, per):
         stop = min(start + per, n)
         res = _closest_over_targets(logits_fn, storage.pad_rows(images[start:stop], per),
-                                    storage.pad_rows(labels[start:stop], per), k, cfg)
+                                    storage.pad_rows(labels[start:stop], per), k, m, cfg)
         parts.append(jax.tree.map(lambda a: a[: stop - start], res))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
-def _closest_over_targets(logits_fn, images, labels, k: int, cfg: AttackConfig) -> AttackResult:
+@jax.jit
+def _boundary_estimates(logits_fn, images, labels):
+    """``[N, K]`` the linearised distance to each class's decision boundary at the clean images,
+    ``(z_label − z_j) / ‖∇(z_label − z_j)‖`` (DeepFool's estimate; +inf at the label)."""
+    def one(x, y):
+        z = logits_fn(x[None])[0]
+        jac = jax.jacrev(lambda v: logits_fn(v[None])[0])(x).reshape(z.shape[0], -1)  # [K, D]
+        gap = z[y] - z
+        norm = jnp.linalg.norm(jac[y][None] - jac, axis=1)
+        return jnp.where(jnp.arange(z.shape[0]) == y, jnp.inf, gap / jnp.maximum(norm, 1e-12))
+    return jax.vmap(one)(images, labels)
+
+
+def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig) -> AttackResult:
     n = images.shape[0]
-    wrong = (labels[:, None] + jnp.arange(1, k)[None, :]) % k  # [N, K-1], never the label
-    res = lbfgs_attack(logits_fn, jnp.repeat(images, k - 1, axis=0), wrong.reshape(-1), config=cfg)
-    res = jax.tree.map(lambda a: a.reshape((n, k - 1) + a.shape[1:]), res)
+    if m == k - 1:
+        wrong = (labels[:, None] + jnp.arange(1, k)[None, :]) % k  # [N, K-1], never the label
+    else:  # the m nearest by the linearised estimate
+        wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
+    res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg)
+    res = jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res)
     pick = jnp.argmin(jnp.where(res.success, res.l2, jnp.inf), axis=1)
     return jax.tree.map(lambda a: jnp.take_along_axis(
         a, pick.reshape((n, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0], res)

@@ -79,8 +79,40 @@ def project(A: jax.Array, b: jax.Array, lo: jax.Array, hi: jax.Array, iters: int
     return primal(mu), mu
 
 
+def untargeted(labels):
+    """The target code of untargeted rows: ``−1 − label``, "any class but the label" (``effective_targets``)."""
+    return -1 - jnp.asarray(labels)
+
+
+def effective_targets(logits, targets):
+    """Each row's target as these logits see it: a class ``t ≥ 0`` as given; an untargeted row (``t =
+    −1 − label``, ``untargeted``) the best wrong class at these logits, the class nearest to winning. With
+    it every margin, loss and success test serves both kinds of row: an untargeted row succeeds when its
+    best wrong class leads, i.e. when the label is no longer predicted."""
+    wrong = jnp.where(jax.nn.one_hot(-1 - targets, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return jnp.where(targets >= 0, targets, jnp.argmax(wrong, -1)).astype(targets.dtype)
+
+
+def reached(prediction, targets):
+    """Whether each row's prediction is a success: the target (``t ≥ 0``) or any class but the label."""
+    return jnp.where(targets >= 0, prediction == targets, prediction != -1 - targets)
+
+
+def classification_loss(logits, targets):
+    """Per-row cross-entropy ``[N]``: toward the target (``−log p_t``), or for an untargeted row away from
+    its label, ``−log(1 − p_label)`` (every wrong class weighed by its probability, so the solver can
+    drift to whichever class is nearest)."""
+    logp = jax.nn.log_softmax(logits)
+    label = -1 - targets
+    own = jax.nn.one_hot(label, logits.shape[-1], dtype=bool)
+    away = -jax.nn.logsumexp(jnp.where(own, -jnp.inf, logp), axis=-1)  # −log Σ_{j≠label} p_j
+    toward = -jnp.take_along_axis(logp, jnp.maximum(targets, 0)[:, None], axis=1)[:, 0]
+    return jnp.where(targets >= 0, toward, away)
+
+
 def _margins(logits, targets):
-    """``z_t − z_j`` for every class j ``[N, K]`` (+inf at j = t)."""
+    """``z_t − z_j`` for every class j ``[N, K]`` (+inf at j = t); t as ``effective_targets`` reads it."""
+    targets = effective_targets(logits, targets)
     z_t = jnp.take_along_axis(logits, targets[:, None], axis=1)
     own = jax.nn.one_hot(targets, logits.shape[-1], dtype=bool)
     return jnp.where(own, jnp.inf, z_t - logits)
@@ -124,7 +156,7 @@ def refine(flat_logits, x, targets, z, *, steps: int, classes: int, kappa: float
         i, z, mu, cls, _ = state
         logits, pullback = jax.vjp(flat_logits, z)
         neg_m, j = jax.lax.top_k(-_margins(logits, targets), q)  # the q smallest margins and their classes
-        cot = jax.nn.one_hot(targets, k, dtype=z.dtype)[:, None] - jax.nn.one_hot(j, k, dtype=z.dtype)
+        cot = jax.nn.one_hot(effective_targets(logits, targets), k, dtype=z.dtype)[:, None] - jax.nn.one_hot(j, k, dtype=z.dtype)
         A = jnp.moveaxis(jax.vmap(lambda c: pullback(c)[0], in_axes=1)(cot), 0, 1)  # [N, q, D]
         b = kappa + neg_m + jnp.einsum("nqd,nd->nq", A, z - x)
         r, mu = project(A, b, lo_r, hi_r, newton_steps, mu0=jnp.where(j == cls, mu, 0.0))  # warm: same class, same slot
@@ -214,7 +246,7 @@ def walk_step(flat_logits, x, targets, k, state: WalkState, *, steps: int, gamma
 
     def loss(r):
         logits = flat_logits(x + r)
-        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[:, None], axis=1)[:, 0]
+        ce = classification_loss(logits, targets)
         return jnp.sum(ce), logits
 
     r, eps, best, best_norm, start = state

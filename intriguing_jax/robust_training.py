@@ -8,6 +8,8 @@ train as one population:
   setting ``epsilon``; Goodfellow, Shlens & Szegedy 2015, "Explaining and harnessing adversarial
   examples", Sec. 6: α = 0.5, ε = 0.25 on MNIST).
 - ``L2AdversarialLoss``: the same with the L2 step x + ε·∇ₓCE/‖∇ₓCE‖₂ (``epsilon`` in L2 over 784 pixels).
+- ``L2PGDLoss``: CE at the worst point of the L2 ball found by projected gradient steps (Madry et al. 2018);
+  the benchmarks' defended models.
 - ``VATLoss``: CE(x) + α·KL(p(·|x) ‖ p(·|x + r_adv)), r_adv of L2 norm ε found by one power iteration from a
   random direction (``epsilon``; Miyato et al. 2018, "Virtual adversarial training", ε ≈ 2 on MNIST).
 - ``DropoutLoss``: the MLP's cross-entropy with inverted dropout on its input and hidden units (member
@@ -68,6 +70,33 @@ class L2AdversarialLoss(FGSMLoss):
 
     def step(self, g):
         return _unit(g)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2PGDLoss:
+    """CE(x_adv) + weight decay: x_adv maximises the cross-entropy over ‖x_adv − x‖₂ ≤ ε ∩ [0, 1] by
+    ``steps`` projected steps of length ``step_scale``·ε along the normalised gradient, from a random point
+    of the ball (Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks";
+    ε = the member's ``epsilon``, in L2 over all pixels). The defended models of the attack benchmarks."""
+
+    model: Model
+    decay: str = train.TrainConfig.decay
+    steps: int = 7
+    step_scale: float = 0.25
+
+    def __call__(self, p, batch, member, key):
+        x, y = batch
+        eps = member["epsilon"]
+
+        def project(z):
+            d = z - x
+            norm = jnp.linalg.norm(d.reshape(len(d), -1), axis=1).reshape((-1,) + (1,) * (d.ndim - 1))
+            return jnp.clip(x + d * jnp.minimum(1.0, eps / jnp.maximum(norm, 1e-12)), 0.0, 1.0)
+
+        start = project(x + eps * _unit(jax.random.normal(key, x.shape)) * jax.random.uniform(key, (len(x),) + (1,) * (x.ndim - 1)))
+        x_adv = jax.lax.fori_loop(0, self.steps, lambda _, z: project(
+            z + self.step_scale * eps * _unit(_input_gradient(self.model, p, z, y))), start)
+        return _ce(self.model, p, jax.lax.stop_gradient(x_adv), y) + _decay(self.model, p, self.decay, member)
 
 
 def _kl(logits_p, logits_q):

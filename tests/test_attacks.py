@@ -397,3 +397,39 @@ def test_a_rejected_fast_tier_falls_back_once_and_says_so(monkeypatch, mlp):
         np.testing.assert_array_equal(np.asarray(fast.adversarial), np.asarray(opt.adversarial))
     finally:
         _engine.fast_tier_available.cache_clear()
+
+
+def test_untargeted_searches(mlp, mnist):
+    """``search``: "all" (K − 1 targeted solves), m nearest classes (a subset of the same independent solves,
+    equal to float precision: never shorter; the "all" path itself when m = K − 1), "one" (one untargeted solve: verified, label no longer
+    predicted); bad values refused."""
+    model, params = mlp
+    fn = Partial(model.apply, params)
+    x = mnist.test.images[:6]
+    y = np.asarray(train.predict(model.apply, params, x))
+    cfg = attacks.AttackConfig(c_steps=4, maxiter=20)
+    full = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)
+    assert np.array_equal(np.asarray(attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=9).l2), np.asarray(full.l2))
+    two = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=2)
+    ok = np.asarray(two.success)
+    assert np.all(np.asarray(two.l2)[ok] >= np.asarray(full.l2)[ok] * (1 - 1e-5))  # batch-mates: float precision
+    one = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="one")
+    ok = np.asarray(one.success)
+    assert ok.mean() >= 5 / 6
+    pred = np.asarray(train.predict(model.apply, params, np.asarray(one.adversarial)))
+    assert np.all(pred[ok] != y[ok]) and np.array_equal(np.asarray(one.target)[ok], pred[ok])
+    for bad in ("some", 0):
+        with pytest.raises(ValueError, match="search"):
+            attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=bad)
+
+
+def test_untargeted_rows_read_their_best_wrong_class():
+    from intriguing_jax import refine
+    logits = jnp.array([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    codes = jnp.array([refine.untargeted(0), 2])  # row 0: anything but class 0; row 1: class 2
+    assert refine.effective_targets(logits, codes).tolist() == [2, 2]
+    p = jax.nn.softmax(logits)
+    np.testing.assert_allclose(refine.classification_loss(logits, codes),
+                               [-np.log(1 - p[0, 0]), -np.log(p[1, 2])], rtol=1e-5)
+    assert refine.reached(jnp.array([1, 2]), codes).tolist() == [True, True]
+    assert refine.reached(jnp.array([0, 1]), codes).tolist() == [False, False]
