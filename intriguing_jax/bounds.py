@@ -273,7 +273,9 @@ def _l2_box_min(a, lo, hi, eps, iters: int = 20):
     for every λ ≥ 0 (weak duality), at the λ where the minimiser clip(−a/2λ, lo, hi) has norm eps (found by
     bisection on log λ), and at λ = 0 (the box alone)."""
     def dual(lam):
-        delta = jnp.clip(-a / (2 * lam[..., None]), lo, hi)
+        # a zero coefficient's minimiser is 0 (not −0/0 = NaN once λ underflows: a row that does not depend
+        # on the input, e.g. a margin that is a constant, would otherwise prove nothing)
+        delta = jnp.clip(jnp.where(a == 0, 0.0, -a / (2 * lam[..., None])), lo, hi)
         return (a * delta + lam[..., None] * delta ** 2).sum(-1) - lam * eps ** 2, jnp.linalg.norm(delta, axis=-1)
     top = jnp.log(jnp.linalg.norm(a, axis=-1) / (2 * jnp.maximum(eps, 1e-12)) + 1e-300)  # the ball alone: norm = eps
     def step(bracket, _):

@@ -236,3 +236,14 @@ def test_training_refuses_a_bad_split():
                          (dataclasses.replace(good, labels=good.labels[:10]), r"train.labels must have shape \[N\] = \[64\]")):
         with pytest.raises(ValueError, match=match):
             train.fit(model, split, jax.random.key(0), cfg)
+
+
+def test_a_margin_that_does_not_depend_on_the_input_is_certified_to_the_limit():
+    """Logits that ignore the input (a constant margin): every radius is proven (was 0 for CROWN: 0/0)."""
+    def constant(x):
+        return jnp.zeros((x.shape[0], K)) + jnp.array([1.0, 0.0, 0.0]) + 0.0 * x.reshape(x.shape[0], -1)[:, :1]
+    x = np.full((2, D), 0.5, np.float32)
+    for method in bounds.METHODS:
+        with pytest.warns(bounds.CertificateAtLimit):
+            r = bounds.certified_radius(constant, x, np.zeros(2, np.int32), eps_max=0.5, method=method)
+        assert np.allclose(r, 0.5, rtol=1e-2), (method, r)
