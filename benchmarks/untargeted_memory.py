@@ -27,7 +27,8 @@ def child(n: int, max_rows: int) -> None:
     y = jnp.argmax(x @ w, 1)
     t0 = time.time()
     res = attacks.lbfgs_attack_untargeted(Partial(lambda w, z: z @ w, w), x, y,
-                                          config=attacks.AttackConfig(c_steps=1, maxiter=3), max_rows=max_rows)
+                                          config=attacks.AttackConfig(c_steps=1, maxiter=3), max_rows=max_rows,
+                                          search="all")  # the search whose memory max_rows bounds
     jax.block_until_ready(res)
     print(json.dumps({"wall_s": time.time() - t0, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                       "mean_l2": float(res.l2.mean())}))

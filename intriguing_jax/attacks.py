@@ -274,8 +274,13 @@ def _stepped(fn, images, cfg: AttackConfig) -> bool:
 
 def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.Array, *,
                             config: AttackConfig | None = None, max_rows: int = 8192,
-                            search: str | int = "all") -> AttackResult:
+                            search: str | int = "one+2") -> AttackResult:
     """Closest adversarial example over all wrong labels, per image.
+
+    ``search="one+2"`` (the default, chosen by the printed rule of ``benchmarks.untargeted_search``: the
+    fastest search within 1.01× of the exhaustive one's per-image ‖r‖₂ on five models, among them an
+    adversarially trained MLP): the shorter success of one untargeted solve and of the 2 nearest
+    classes' targeted solves (below), 3 solves per image instead of K − 1.
 
     ``search="all"``: the targeted attack on every (image, label ≠ ``labels[i]``) pair — K − 1 problems
     per image, streaming through ``block_size`` solver rows — keeping each image's smallest successful
@@ -287,6 +292,7 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
     no longer predicted. ``search=m`` (an int): the targeted attack toward the m wrong classes whose
     decision boundary is nearest at the clean image by the linearised estimate ``(z_label − z_j) /
     ‖∇(z_label − z_j)‖`` (DeepFool's), keeping the smallest success: m solves per image.
+    ``search="one+M"``: both, the shorter success of the untargeted solve and the M nearest classes'.
 
     Args:
       logits_fn: as for ``lbfgs_attack``.
@@ -294,19 +300,22 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
       config: ``AttackConfig`` (default ``AttackConfig()``).
       max_rows: (image, target) problems held at once by ``search="all"`` (8192 MNIST problems: ~25 MB
         per array).
-      search: ``"all"`` (K − 1 targeted solves per image), ``"one"`` (one untargeted solve) or an int m
-        (the m nearest classes' targeted solves).
+      search: ``"one+2"`` (default), ``"all"`` (K − 1 targeted solves per image), ``"one"`` (one
+        untargeted solve), an int m (the m nearest classes' targeted solves) or ``"one+M"`` (1 + M solves).
 
     Returns:
       ``AttackResult`` per image: the successful example with the smallest ‖r‖₂ found (``target``: the
       class it reaches). An image the model already misclassifies is its own closest adversarial (l2 = 0).
     """
     cfg = config or AttackConfig()
-    if not (search in ("all", "one") or (isinstance(search, int) and search >= 1)):
-        raise ValueError(f"search must be 'all', 'one' or a number of classes >= 1, got {search!r}")
+    nearest = _nearest_count(search)
     k = _validate(logits_fn, images, labels, cfg.box, targets_name="labels")
-    if search == "one":
-        return _attack(logits_fn, images, refine.untargeted(jnp.asarray(labels, jnp.int32)), cfg)
+    if isinstance(search, str) and search.startswith("one"):
+        one = _attack(logits_fn, images, refine.untargeted(jnp.asarray(labels, jnp.int32)), cfg)
+        if not nearest:
+            return one
+        near = lbfgs_attack_untargeted(logits_fn, images, labels, config=cfg, max_rows=max_rows, search=nearest)
+        return _shortest(one, near)
     m = k - 1 if search == "all" else min(search, k - 1)
     if max_rows < m:
         raise ValueError(f"max_rows must hold one image's {m} targets, got {max_rows}")
@@ -322,6 +331,26 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
                                     storage.pad_rows(labels[start:stop], per), k, m, cfg)
         parts.append(jax.tree.map(lambda a: a[: stop - start], res))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def _nearest_count(search) -> int:
+    """The nearest classes a ``search`` value solves toward besides any untargeted solve (0: none; also
+    checks the value)."""
+    if search in ("all", "one"):
+        return 0
+    if isinstance(search, int) and not isinstance(search, bool) and search >= 1:
+        return search
+    if isinstance(search, str) and search.startswith("one+") and search[4:].isdigit() and int(search[4:]) >= 1:
+        return int(search[4:])
+    raise ValueError(f"search must be 'all', 'one', 'one+M' or a number of classes M >= 1, got {search!r}")
+
+
+def _shortest(*results: AttackResult) -> AttackResult:
+    """Per image, the successful result with the smallest ‖r‖₂ among ``results`` (the first if none)."""
+    stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *results)
+    pick = jnp.argmin(jnp.where(stacked.success, stacked.l2, jnp.inf), axis=1)
+    return jax.tree.map(lambda a: jnp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
+                        stacked)
 
 
 @jax.jit
@@ -344,10 +373,7 @@ def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: Attack
     else:  # the m nearest by the linearised estimate
         wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
     res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg)
-    res = jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res)
-    pick = jnp.argmin(jnp.where(res.success, res.l2, jnp.inf), axis=1)
-    return jax.tree.map(lambda a: jnp.take_along_axis(
-        a, pick.reshape((n, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0], res)
+    return _shortest(*(jax.tree.map(lambda a, j=j: a.reshape((n, m) + a.shape[1:])[:, j], res) for j in range(m)))
 
 
 # ---- datasets --------------------------------------------------------------------------------

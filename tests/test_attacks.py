@@ -199,13 +199,13 @@ def test_untargeted_in_blocks_equals_one_batch(mlp, mnist):
     x, y, _ = correctly_classified(model, params, mnist.test, 5)
     fn = Partial(model.apply, params)
     cfg = dataclasses.replace(attacks.AttackConfig.smoke(), block_size=9, c_steps=3, maxiter=20)
-    whole = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)
-    blocked = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=18)  # 2 images per block
+    whole = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="all")
+    blocked = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=18, search="all")  # 2 images per block
     np.testing.assert_array_equal(np.asarray(blocked.target), np.asarray(whole.target))
     np.testing.assert_array_equal(np.asarray(blocked.success), np.asarray(whole.success))
     np.testing.assert_allclose(np.asarray(blocked.adversarial), np.asarray(whole.adversarial), atol=1e-6)
     with pytest.raises(ValueError, match="max_rows"):
-        attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=5)
+        attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, max_rows=5, search="all")
 
 
 @pytest.mark.parametrize("images, targets, match", [
@@ -408,7 +408,7 @@ def test_untargeted_searches(mlp, mnist):
     x = mnist.test.images[:6]
     y = np.asarray(train.predict(model.apply, params, x))
     cfg = attacks.AttackConfig(c_steps=4, maxiter=20)
-    full = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)
+    full = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="all")
     assert np.array_equal(np.asarray(attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=9).l2), np.asarray(full.l2))
     two = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=2)
     ok = np.asarray(two.success)
@@ -418,7 +418,11 @@ def test_untargeted_searches(mlp, mnist):
     assert ok.mean() >= 5 / 6
     pred = np.asarray(train.predict(model.apply, params, np.asarray(one.adversarial)))
     assert np.all(pred[ok] != y[ok]) and np.array_equal(np.asarray(one.target)[ok], pred[ok])
-    for bad in ("some", 0):
+    both = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="one+2")  # the shorter success of each
+    expect = np.where(np.asarray(one.success) & (~np.asarray(two.success) | (np.asarray(one.l2) < np.asarray(two.l2))),
+                      np.asarray(one.l2), np.asarray(two.l2))
+    np.testing.assert_allclose(np.asarray(both.l2), expect, rtol=1e-5)
+    for bad in ("some", 0, "one+", "one+0", True):
         with pytest.raises(ValueError, match="search"):
             attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=bad)
 
