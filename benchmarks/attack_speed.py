@@ -238,6 +238,8 @@ def _problem(name, mnist, workdir, n):
         model, params = flax_cnn(mnist, workdir)
     elif name == "pgd-mlp":
         model, params = pgd_mlp(mnist, workdir)
+    elif name == "pgd-mlp-eps2":  # a second defended MLP, held out from every choice: ε = 2, 10 epochs
+        model, params = pgd_mlp(mnist, workdir, epsilon=2.0, epochs=10)
     else:
         model, params, _ = zoo.trained(name, mnist, workdir=workdir)
     images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images

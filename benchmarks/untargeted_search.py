@@ -2,6 +2,8 @@
 the m nearest classes; and the default it should have, by a printed rule.
 
     python -m benchmarks.untargeted_search              # five models, 64 images each, one pinned core
+    python -m benchmarks.untargeted_search --models FC200-200-10 "FC10(1e-4)" pgd-mlp-eps2 \
+        --out benchmarks/untargeted_search_heldout.json   # models the default was not chosen on
 
 For each model (FC100-100-10 and the ConvNet from the registry; the held-out ReLU MLP and flax-style CNN
 of ``benchmarks.attack_speed``; and ``pgd-mlp``, FC100-100-10 adversarially trained by L2 PGD, ε = 1) and
