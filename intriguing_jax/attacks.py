@@ -201,10 +201,6 @@ def distortion(x: jax.Array, x_adv: jax.Array) -> jax.Array:
 # ---- input validation ------------------------------------------------------------------------
 
 
-def _is_concrete(x) -> bool:
-    return validate.is_concrete(x)
-
-
 def _validate(logits_fn, images, targets, box, *, targets_name: str = "targets") -> int:
     """Checks shapes, dtypes and values (``validate``), and that the model's logits at the clean images are
     finite; returns K. Compiles nothing but the model's forward pass."""
@@ -253,7 +249,7 @@ def _attack(logits_fn, images, targets, cfg: AttackConfig) -> AttackResult:
     slots = min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
     fn = _engine.as_partial(logits_fn)
     stepped = _stepped(fn, images, cfg)
-    if _is_concrete(images):
+    if validate.is_concrete(images):
         signature = (stepped, jax.tree.structure(fn), flat.shape, shape, cfg, slots)
         tier = _engine.tier(cfg.compile, signature, flat.shape[0])
     else:  # inlined into the caller's program, compiled as the caller's
@@ -264,7 +260,7 @@ def _attack(logits_fn, images, targets, cfg: AttackConfig) -> AttackResult:
 
 def _stepped(fn, images, cfg: AttackConfig) -> bool:
     """``cfg.execution`` resolved: the host-stepped loop, or one XLA loop (always under an outer jit)."""
-    if not (_is_concrete(images) and cfg.execution != "loop"):
+    if not (validate.is_concrete(images) and cfg.execution != "loop"):
         return False
     if cfg.execution == "stepped":
         return True
@@ -314,9 +310,14 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
         one = _attack(logits_fn, images, refine.untargeted(jnp.asarray(labels, jnp.int32)), cfg)
         if not nearest:
             return one
-        near = lbfgs_attack_untargeted(logits_fn, images, labels, config=cfg, max_rows=max_rows, search=nearest)
-        return _shortest(one, near)
-    m = k - 1 if search == "all" else min(search, k - 1)
+        near = _over_targets(logits_fn, images, labels, k, min(nearest, k - 1), cfg, max_rows)
+        return _shortest(jax.tree.map(lambda *a: jnp.stack(a, axis=1), one, near))
+    return _over_targets(logits_fn, images, labels, k, k - 1 if search == "all" else min(search, k - 1), cfg, max_rows)
+
+
+def _over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig, max_rows: int) -> AttackResult:
+    """The shortest success over m targeted solves per image (all K − 1 wrong classes, or the m nearest),
+    in blocks of ``max_rows // m`` images."""
     if max_rows < m:
         raise ValueError(f"max_rows must hold one image's {m} targets, got {max_rows}")
     images = jnp.asarray(images, jnp.float32)
@@ -345,9 +346,9 @@ def _nearest_count(search) -> int:
     raise ValueError(f"search must be 'all', 'one', 'one+M' or a number of classes M >= 1, got {search!r}")
 
 
-def _shortest(*results: AttackResult) -> AttackResult:
-    """Per image, the successful result with the smallest ‖r‖₂ among ``results`` (the first if none)."""
-    stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *results)
+def _shortest(stacked: AttackResult) -> AttackResult:
+    """Per image, the successful candidate with the smallest ‖r‖₂ (``stacked``: candidates on axis 1; the
+    first if none succeeded)."""
     pick = jnp.argmin(jnp.where(stacked.success, stacked.l2, jnp.inf), axis=1)
     return jax.tree.map(lambda a: jnp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
                         stacked)
@@ -373,7 +374,7 @@ def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: Attack
     else:  # the m nearest by the linearised estimate
         wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
     res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg)
-    return _shortest(*(jax.tree.map(lambda a, j=j: a.reshape((n, m) + a.shape[1:])[:, j], res) for j in range(m)))
+    return _shortest(jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res))
 
 
 # ---- datasets --------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from intriguing_jax._attack_engine import as_partial
+
 
 def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
@@ -86,11 +88,6 @@ def num_classes(init: Callable, apply: Callable, x) -> int:
     """K, the number of logits a model (``init(key) -> params``, ``apply(params, x)``) gives for the batch
     ``x`` (shapes only; a repeated call with the same functions and shapes traces nothing)."""
     return int(_initial_logits.eval_shape((init, apply), jax.random.key(0), jnp.asarray(x[:1])).shape[-1])
-
-
-def as_partial(fn: Callable) -> Callable:
-    """``fn`` as a pytree-callable (``jax.tree_util.Partial``) so that jit caches it by identity."""
-    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
 
 
 def logits_fn(fn: Callable, x, *, name: str = "logits_fn") -> int:

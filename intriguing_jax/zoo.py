@@ -10,7 +10,6 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from intriguing_jax import attacks, checkpoint, models, provenance, storage, train
@@ -79,8 +78,9 @@ def trained_seeds(name: str, mnist: MNIST, seeds, *, split: str = "train",
             except checkpoint.CheckpointError as e:
                 log.warning("%s; retraining", e)
         todo.append(seed)
+    resolved, data = resolved_config(name, cfg, split), mnist.split(split)
     for seed in todo:  # each alone: see trained_seeds's docstring
-        t0, resolved, data = time.time(), resolved_config(name, cfg, split), mnist.split(split)
+        t0 = time.time()
         path = checkpoint_path(workdir, name, split, seed, cfg)
         partial = path.with_suffix(".partial")
         params, history = train.fit(model, data, jax.random.key(seed), resolved, checkpoint_path=partial,

@@ -104,10 +104,11 @@ def zoo_runs(label: str, trained: list, ev: Evaluation, workdir) -> list[dict]:
     """
     out = []
     for model, params, meta in trained:
-        cache = (pathlib.Path(workdir) / "adversarial_training" /
-                 f"{pathlib.Path(meta['checkpoint']).stem}_final{ev.final}_{storage.cache_key(ev.attack)}")
-        final = _summary(model, params, ev.images[:ev.final], ev.targets[:ev.final], ev, cache)
-        during = _summary(model, params, ev.images[:ev.during], ev.targets[:ev.during], ev)["mean_distortion"]
+        stem = pathlib.Path(workdir) / "adversarial_training" / pathlib.Path(meta["checkpoint"]).stem
+        key = storage.cache_key(ev.attack)
+        final = _summary(model, params, ev.images[:ev.final], ev.targets[:ev.final], ev, f"{stem}_final{ev.final}_{key}")
+        during = _summary(model, params, ev.images[:ev.during], ev.targets[:ev.during], ev,
+                          f"{stem}_during{ev.during}_{key}")["mean_distortion"]
         history = [{"epoch": e + 1, "loss": v} for e, v in enumerate(meta["loss_history"])]
         history[-1].update(test_error=meta["test_error"], train_error=meta["train_error"], distortion=during)
         out.append({"variant": label, "layers": [], "seed": meta["provenance"]["seed"],
