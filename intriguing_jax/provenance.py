@@ -42,8 +42,9 @@ def now() -> str:
 @functools.cache
 def code() -> dict:
     """The git state of the source tree this package was imported from: ``{"commit": sha or None,
-    "dirty": True if tracked files differ from the commit (None when not in a git checkout)}``. Read once
-    per process: a result records the code it started with."""
+    "dirty": True if tracked files outside ``results*/`` differ from the commit (None when not in a git
+    checkout)}``. Results are outputs, not code: a run that rewrites them (or one beside it) stays clean. Read
+    once per process: a result records the code it started with."""
     root = pathlib.Path(__file__).resolve().parents[1]
 
     def git(*args):
@@ -53,7 +54,7 @@ def code() -> dict:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results*")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
