@@ -50,6 +50,7 @@ def dataset_dirs(args):
 def setup(args) -> data.MNIST:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src"): logging.getLogger(noisy).setLevel(logging.WARNING)  # noqa: E701
+    provenance.code()  # read now, not at the first record: a result records the code its run started with
     if not args.no_compile_cache:
         path = compile_cache.enable(compile_cache.default_dir(args.workdir))
         logging.getLogger(__name__).info("persistent compilation cache: %s", path)
