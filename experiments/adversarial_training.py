@@ -39,7 +39,7 @@ STUDY = {BASELINE: A(layers=()), OLD: A(layers=(0,), keep_failed=True, initial_f
 
 
 def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds=STUDY_SEEDS) -> dict:
-    t0, epochs = time.time(), zoo.resolved_config(MODEL, ctx.train_cfg).epochs
+    t0, epochs = time.time(), zoo.resolved_config(MODEL, ctx.train_cfg, dataset=ctx.dataset).epochs
     x, _, t = common.first_images(ctx, mnist.test)
     ev = runs.Evaluation(x, t, CURVE_EVERY, EVAL_IMAGES, FINAL_IMAGES, ctx.attack_cfg, ctx.chunk_size)
 
@@ -110,7 +110,8 @@ def claims(result: dict) -> list:
 
 
 def render(result: dict) -> str:
-    recipe = zoo.resolved_config(result["model"], train.TrainConfig(**result["train_config"])).epochs
+    recipe = zoo.resolved_config(result["model"], train.TrainConfig(**result["train_config"]),
+                                 dataset=result["provenance"].get("dataset", "mnist")).epochs
     cfg = next((rs[0]["adv_config"] for rs in result["runs"].values() if rs[0]["layers"]),
                dataclasses.asdict(at.AdvTrainConfig()))  # the pools' shared settings
     study = runs.summary_table([(e["configuration"], e) for e in sorted(result["study"], key=lambda e: e["test_error_mean"])])

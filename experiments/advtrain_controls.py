@@ -36,7 +36,7 @@ def _name(kind: str, setting: dict) -> str:
 
 
 def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) -> dict:
-    t0, cfg = time.time(), zoo.resolved_config(pools.MODEL, ctx.train_cfg)
+    t0, cfg = time.time(), zoo.resolved_config(pools.MODEL, ctx.train_cfg, dataset=ctx.dataset)
     x, _, t = common.first_images(ctx, mnist.test)
     ev = runs.Evaluation(x, t, final=pools.FINAL_IMAGES, attack=ctx.attack_cfg, chunk_size=ctx.chunk_size)
     loss_of = {k: KINDS[k][0](models.build(pools.MODEL), cfg.decay) for k in kinds}

@@ -102,7 +102,7 @@ def model_label(name: str, split: str, seed: int, epochs: int) -> str:
 def trained_seeds(ctx: Context, mnist: data.MNIST, name: str, seeds, split: str = "train") -> list:
     """``zoo.trained_seeds`` (each seed not cached trains alone) with a progress bar; each model is
     logged for ``record``'s ``models_used``."""
-    epochs = zoo.resolved_config(name, ctx.train_cfg, split).epochs
+    epochs = zoo.resolved_config(name, ctx.train_cfg, split, ctx.dataset).epochs
     bar, tick = epoch_bar(epochs * len(seeds), f"train {name} on {split}")
     with bar:
         out = zoo.trained_seeds(name, mnist, seeds, split=split, cfg=ctx.train_cfg, workdir=ctx.workdir,
@@ -126,7 +126,7 @@ def attack(ctx: Context, name: str, split: str, model: models.Model, params, ima
     with tqdm(total=len(images), desc=f"attack {name} ({tag})", unit="img", leave=False) as bar:
         return zoo.attack(name, params, images, targets, tag=tag, split=split, seed=ctx.seed, cfg=ctx.train_cfg,
                           attack_cfg=ctx.attack_cfg, workdir=ctx.workdir, chunk_size=ctx.chunk_size,
-                          progress=bar.update)
+                          progress=bar.update, dataset=ctx.dataset)
 
 
 def first_images(ctx: Context, split: data.Split, salt: int = 0):

@@ -77,20 +77,30 @@ def claims(result: dict) -> list:
             verdicts.fig7(result["fig7"]) if result.get("fig7") else None]
 
 
-def render(result: dict) -> str:
+def render(result: dict, beside: dict | None = None) -> str:
+    """Table 2's section; ``beside``: MNIST's table2.json, whose numbers then stand in brackets where the
+    paper's do."""
     cols, m = result["columns"], result["matrix"]
+
+    def ref(row, c):
+        if beside is None:
+            return paper.table2_cell(row, c)
+        v = beside["matrix"].get(row, {}).get(c)
+        return None if v is None else (v, "MNIST")
     body = []
     for row, errs in m.items():
-        cells = [report.pct(errs[c], 1) + (f" ({report.pct(p[0], 1)} [{p[1]}])" if (p := paper.table2_cell(row, c))
+        cells = [report.pct(errs[c], 1) + (f" ({report.pct(p[0], 1)} [{p[1]}])" if (p := ref(row, c))
                                            else "") for c in cols]
-        pd = paper.TABLE2[row][1] if row in paper.TABLE2 else None
+        pd = beside["rms"].get(row) if beside else paper.TABLE2[row][1] if row in paper.TABLE2 else None
         body.append([row] + cells + [report.num(result["rms"][row]) + (f" ({report.num(pd)})" if pd is not None else "")])
     body.append(["Clean images (no perturbation)"] + [report.pct(result["clean_error"][c], 1) for c in cols] + ["0"])
     found = claims(result)
     return ("## Table 2: cross-model generalisation\n\n"
             f"Error rate of the model in the column on the {result['num_images']} first training images perturbed "
-            "for the model in the row (against their true labels); ours, then the paper's in brackets with its "
-            "provenance mark. The last column is the mean realised RMS per pixel (paper's in brackets). Gaussian "
+            "for the model in the row (against their true labels); ours, then "
+            + ("MNIST's (ours, the same code and settings) in brackets, marked [MNIST]. " if beside else
+               "the paper's in brackets with its provenance mark. ")
+            + f"The last column is the mean realised RMS per pixel ({'MNIST' if beside else 'paper'}'s in brackets). Gaussian "
             "noise rows: unclipped (pixels may leave [0, 1]; realised RMS = stddev, the paper's reading) and the "
             "same draw clipped to [0, 1] (realised RMS below the stddev). The matched-noise rows (ours) "
             "give each image Gaussian noise rescaled so that its realised RMS inside [0, 1] equals that "

@@ -67,25 +67,33 @@ def claims(result: dict) -> list:
         if s["adv_other_set"] is not None else []
 
 
-def render(result: dict) -> str:
+def render(result: dict, beside: dict | None = None) -> str:
+    """Tables 3 and 4; ``beside``: MNIST's table3_4.json, whose numbers then stand in brackets where the
+    paper's do."""
     cols, n, lit = result["columns"], result["num_images"], result["literal_magnified"]
-    t3 = [[d, r["trained_on"]] + [report.pct(r[k]) + (f" ({report.pct(paper.TABLE3[d][i])})" if d in paper.TABLE3 else "")
-                                  for i, k in enumerate(("p1_error", "p2_error", "test_error"))]
-          + [report.num(r["mean_distortion"]) + (f" ({report.num(paper.TABLE3[d][3])})" if d in paper.TABLE3 else ""),
+    keys = ("p1_error", "p2_error", "test_error", "mean_distortion")
+    ref3 = ({d: [r[k] for k in keys] for d, r in beside["table3"].items()} if beside else paper.TABLE3)
+    ref4 = ({row: [(errs.get(c), "MNIST") for c in cols] for row, errs in beside["matrix"].items()} if beside else paper.TABLE4)
+    t3 = [[d, r["trained_on"]] + [report.pct(r[k]) + (f" ({report.pct(ref3[d][i])})" if d in ref3 else "")
+                                  for i, k in enumerate(keys[:3])]
+          + [report.num(r["mean_distortion"]) + (f" ({report.num(ref3[d][3])})" if d in ref3 else ""),
              report.pct(r["success_rate"], 1)] for d, r in result["table3"].items()]
-    body = [[row] + [report.pct(errs[c], 1) + (f" ({report.pct(p[i][0], 1)} [{p[i][1]}])" if (p := paper.TABLE4.get(row))
-                                               else "") for i, c in enumerate(cols)] + [report.num(result["rms"][row])]
+    body = [[row] + [report.pct(errs[c], 1) + (f" ({report.pct(p[i][0], 1)} [{p[i][1]}])" if (p := ref4.get(row))
+                                               and p[i][0] is not None else "") for i, c in enumerate(cols)]
+            + [report.num(result["rms"][row]) + (f" ({report.num(beside['rms'][row])})" if beside and row in beside["rms"] else "")]
             for row, errs in result["matrix"].items()]
     body.append(["Clean test images"] + [report.pct(result["clean_error"][c], 1) for c in cols] + ["0"])
     found = claims(result)
     return ("## Table 3: models trained on disjoint halves\n\n"
-            "Ours, the paper's in brackets (all [rec]: recalled, approximate). Distortion: mean RMS per pixel "
+            + ("Ours, MNIST's (ours, the same code and settings) in brackets. " if beside else
+               "Ours, the paper's in brackets (all [rec]: recalled, approximate). ") + "Distortion: mean RMS per pixel "
             f"of the attack on the {n} first test images (seeded random wrong targets).\n\n"
             + report.table(["Model", "Trained on", "Error on P1", "Error on P2", "Test error",
                             "Min. av. distortion", "Attack success"], t3)
             + "\n## Table 4: cross-training-set generalisation\n\n"
             f"Error rate of the column model on the {n} first test images perturbed as the row says (against "
-            "the true labels); the paper's in brackets with its provenance mark. Last column: mean realised "
+            + ("the true labels); MNIST's (ours) in brackets. " if beside else
+               "the true labels); the paper's in brackets with its provenance mark. ") + "Last column: mean realised "
             "RMS per pixel. Gaussian noise rows: unclipped (realised RMS = stddev) and the same draw clipped to "
             "[0, 1]. Magnified rows rescale each image's "
             f"perturbation so that its realised RMS inside the box is {MAGNIFIED_RMS:g} (the paper's stated "

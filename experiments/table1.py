@@ -54,20 +54,24 @@ def claims(result: dict) -> list:
     return [verdicts.blind_spots(result["rows"]), verdicts.weight_decay_order(result["rows"])]
 
 
-def render(result: dict) -> str:
+def render(result: dict, beside: dict | None = None) -> str:
+    """Table 1's section; ``beside``: MNIST's table1.json, whose numbers then stand where the paper's do."""
     body = []
     for name, r in result["rows"].items():
-        ptr, pte, pd = paper.TABLE1[name]
+        b = beside["rows"].get(name) if beside else None
+        ptr, pte, pd = (b["train_error"], b["test_error"], b["mean_distortion"]) if b else (None,) * 3 if beside else paper.TABLE1[name]
         body.append([name, report.pct(r["train_error"]), report.pct(ptr), report.pct(r["test_error"]),
                      report.pct(pte), report.num(r["mean_distortion"]), report.num(pd),
                      report.pct(r["success_rate"], 1)])
+    ref = "(MNIST, ours)" if beside else "(paper)"
     return ("## Table 1: models, errors and minimum distortion\n\n"
-            f"Paper values are [2nd] (quoted by independent reimplementations). Distortion: mean of "
+            + ("Beside each number, MNIST's (ours, the same code and settings). " if beside else
+               "Paper values are [2nd] (quoted by independent reimplementations). ") + "Distortion: mean of "
             f"sqrt(Σr²/784) over the {result['num_images']} first training images, each driven to a seeded "
             "random wrong label by the box-constrained L-BFGS attack (largest successful c); success = the "
             "model's argmax on the returned, box-clipped image equals the target.\n\n"
-            + report.table(["Model", "Train err (ours)", "(paper)", "Test err (ours)", "(paper)",
-                            "Av. min. distortion (ours)", "(paper)", "Attack success"], body)
+            + report.table(["Model", "Train err (ours)", ref, "Test err (ours)", ref,
+                            "Av. min. distortion (ours)", ref, "Attack success"], body)
             + "\n" + verdicts.bullets(claims(result)) + "\n\n"
             + "".join(f"![{n} filters]({f})\n\n" for n, f in result.get("filter_figures", {}).items())
             + report.provenance_line(result["provenance"]) + "\n")

@@ -14,7 +14,8 @@ from intriguing_jax import compile_cache, models, storage, train, zoo
 def main(argv=None):
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=models.names(), help="registry name (paper's)")
-    p.add_argument("--split", default="train", choices=("train", "p1", "p2"))
+    p.add_argument("--split", default="train", choices=("train", "p1", "p2", "fit"),
+                   help="training split: the whole set, a paper half, or the set less its validation sixth")
     p.add_argument("--epochs", type=int, default=None, help="default: the model's registry default (twice that on p1/p2: the same number of steps)")
     p.add_argument("--batch-size", type=int, default=train.TrainConfig.batch_size)
     p.add_argument("--learning-rate", type=float, default=None,
@@ -22,13 +23,13 @@ def main(argv=None):
     args = common.parse_args(p, argv)
     mnist = common.setup(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    epochs = zoo.resolved_config(args.model, cfg, args.split).epochs
+    epochs = zoo.resolved_config(args.model, cfg, args.split, args.dataset).epochs
     bar, on_epoch = common.epoch_bar(epochs, f"{args.model} on {args.split}")
     model, _, meta = zoo.trained(args.model, mnist, split=args.split, seed=args.seed, cfg=cfg,
                                  workdir=args.workdir, on_epoch=on_epoch)
     bar.close()
     out = pathlib.Path(args.results) / "train" / (zoo.checkpoint_path(
-        args.workdir, args.model, args.split, args.seed, cfg).stem + ".json")
+        args.workdir, args.model, args.split, args.seed, cfg, args.dataset).stem + ".json")
     storage.write_json(out, meta)
     print(f"{model.name} on {args.split}: train error {meta['train_error']:.2%}, "
           f"test error {meta['test_error']:.2%} -> {out}")

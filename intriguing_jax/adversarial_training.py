@@ -370,7 +370,7 @@ def fit(model: Model, split: Split, key: jax.Array, cfg: train.TrainConfig = tra
     _check_model(model, adv.layers)
     train.validate_split(model, split)
     last = time.perf_counter()  # end of the previous epoch: each epoch's record gets its seconds
-    resolved = cfg.for_model(model.spec, split.share)  # as train.fit and the zoo resolve it
+    resolved = cfg.for_model(model.spec, split.share, split.dataset)  # as train.fit and the zoo resolve it
     epochs, learning_rate = resolved.epochs, resolved.learning_rate
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -454,7 +454,7 @@ def fit_population(model: Model, split: Split, keys: jax.Array, cfg: train.Train
     keys = jnp.asarray(keys)
     m = len(keys)
     last = time.perf_counter()
-    resolved = cfg.for_model(model.spec, split.share)
+    resolved = cfg.for_model(model.spec, split.share, split.dataset)
     steps_per_epoch = len(split) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the number of training examples {len(split)}")

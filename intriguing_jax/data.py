@@ -60,6 +60,7 @@ DEB_PACKAGE, DEB_VERSION = "dataset-fashion-mnist", "0.0~git20200523.55506a9-1"
 DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
 DEB_DIR = "usr/share/datasets/fashion-mnist"
 SPLIT_SEED = 0  # fixed seed of the paper's P1/P2 halves
+VALIDATION_SEED = 1  # fixed seed of the held-out validation sixth (training studies choose on it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,16 +103,18 @@ class Split:
     labels: np.ndarray
     share: float = 1.0  # the fraction of the full training set it stands for (P1, P2: 0.5): a training run's
     # default epochs count passes over the full set, so a run on it takes 1/share times as many
+    dataset: str = "mnist"  # the dataset it comes from: a training run uses that dataset's recipe
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, n: int) -> "Split":
-        return Split(self.images[:n], self.labels[:n], self.share)
+        return Split(self.images[:n], self.labels[:n], self.share, self.dataset)
 
 
-# the share of the 60,000 training images each training split holds (P1, P2: the paper's halves)
-TRAINING_SHARE = {"train": 1.0, "p1": 0.5, "p2": 0.5}
+# the share of the 60,000 training images each training split holds (P1, P2: the paper's halves; "fit": the
+# training set less its held-out validation sixth, "val")
+TRAINING_SHARE = {"train": 1.0, "p1": 0.5, "p2": 0.5, "fit": 5 / 6}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +127,17 @@ class MNIST:
     name: str = "mnist"
 
     def split(self, name: str) -> Split:
-        """``"train"``, ``"test"``, ``"p1"`` or ``"p2"`` (the paper's disjoint training halves)."""
+        """``"train"``, ``"test"``, ``"p1"`` or ``"p2"`` (the paper's disjoint training halves), ``"fit"`` or
+        ``"val"`` (the training set less a held-out sixth, and that sixth: ``held_out``)."""
         if name in ("train", "test"):
             return getattr(self, name)
         if name in ("p1", "p2"):
             p1, p2 = halves(self.train)
             return p1 if name == "p1" else p2
-        raise ValueError(f"unknown split {name!r}; expected one of train, test, p1, p2")
+        if name in ("fit", "val"):
+            fit, val = held_out(self.train)
+            return fit if name == "fit" else val
+        raise ValueError(f"unknown split {name!r}; expected one of train, test, p1, p2, fit, val")
 
 
 def halves(train: Split, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
@@ -139,7 +146,18 @@ def halves(train: Split, seed: int = SPLIT_SEED) -> tuple[Split, Split]:
     half = len(train) // 2
     a, b = np.sort(perm[:half]), np.sort(perm[half:])
     share = train.share * half / len(train)
-    return Split(train.images[a], train.labels[a], share), Split(train.images[b], train.labels[b], share)
+    return (Split(train.images[a], train.labels[a], share, train.dataset),
+            Split(train.images[b], train.labels[b], share, train.dataset))
+
+
+def held_out(train: Split, seed: int = VALIDATION_SEED) -> tuple[Split, Split]:
+    """``(fit, val)``: the training set less a sixth of it drawn with a fixed seed (10,000 of MNIST's 60,000),
+    and that sixth, on which a training study compares recipes without looking at the test set."""
+    perm = np.random.default_rng(seed).permutation(len(train))
+    n_val = len(train) // 6
+    a, b = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return (Split(train.images[a], train.labels[a], train.share * len(a) / len(train), train.dataset),
+            Split(train.images[b], train.labels[b], train.share * len(b) / len(train), train.dataset))
 
 
 def cache_dir() -> pathlib.Path:
@@ -243,7 +261,7 @@ def _available(name, cache_file, idx_dir) -> bool:
 
 def _to_mnist(a: dict, source: str, name: str = "mnist") -> MNIST:
     def split(x, y):
-        return Split(x.reshape(len(x), NUM_PIXELS).astype(np.float32) / 255.0, y.astype(np.int32))
+        return Split(x.reshape(len(x), NUM_PIXELS).astype(np.float32) / 255.0, y.astype(np.int32), dataset=name)
     return MNIST(split(a["x_train"], a["y_train"]), split(a["x_test"], a["y_test"]), source, name)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
-from intriguing_jax import checkpoint, validate
+from intriguing_jax import checkpoint, models, validate
 from intriguing_jax.data import Split
 from intriguing_jax.models import Model
 
@@ -84,9 +84,10 @@ class TrainConfig:
         if self.init not in INITIALISATIONS:
             raise ValueError(f"init must be one of {INITIALISATIONS}, got {self.init!r}")
 
-    def for_model(self, spec, share: float = 1.0) -> "TrainConfig":
-        """This config with the model spec's defaults filled in (``epochs``, ``learning_rate``): what a run
-        of ``spec`` uses, and what caches of such runs are keyed by (``zoo.config_key``).
+    def for_model(self, spec, share: float = 1.0, dataset: str = "mnist") -> "TrainConfig":
+        """This config with the model spec's defaults filled in (``epochs``, ``learning_rate``; on a dataset
+        other than MNIST its recipe's, ``models.recipe``): what a run of ``spec`` uses, and what caches of
+        such runs are keyed by (``zoo.config_key``).
 
         Args:
           spec: the model's ``ModelSpec``.
@@ -94,9 +95,11 @@ class TrainConfig:
             spec's epochs count passes over the full set, so a run on half of it (the paper's P1, P2) takes
             twice as many passes: the same number of optimiser steps (training study fc6). An explicit
             ``epochs`` is taken as given.
+          dataset: the dataset the run trains on (``Split.dataset``).
         """
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
+        spec = models.recipe(spec, dataset)
         epochs = self.epochs if self.epochs is not None else max(1, round(spec.epochs / share))
         return dataclasses.replace(self, epochs=epochs, learning_rate=self.learning_rate or spec.learning_rate)
 
@@ -494,7 +497,7 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
     validate_split(model, train)
     keys = jnp.asarray(keys)
     members = len(keys)
-    resolved = cfg.for_model(model.spec, train.share)
+    resolved = cfg.for_model(model.spec, train.share, train.dataset)
     steps = resolved.epochs * (len(train) // cfg.batch_size)
     settings = {**{k: _per_member(v, 0.0, members) for k, v in (settings or {}).items()},
                 "learning_rate": _per_member(learning_rates, resolved.learning_rate, members),

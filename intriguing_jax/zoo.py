@@ -18,27 +18,28 @@ from intriguing_jax.data import MNIST, TRAINING_SHARE
 log = logging.getLogger(__name__)
 
 
-def resolved_config(name: str, cfg: train.TrainConfig, split: str = "train") -> train.TrainConfig:
-    """``cfg`` as a run of registry model ``name`` on training split ``split`` uses it: the model's
-    defaults filled in, the default epochs scaled to the split's share of the training set
-    (``TrainConfig.for_model``)."""
+def resolved_config(name: str, cfg: train.TrainConfig, split: str = "train", dataset: str = "mnist") -> train.TrainConfig:
+    """``cfg`` as a run of registry model ``name`` on training split ``split`` of ``dataset`` uses it: the
+    model's defaults (its recipe on that dataset) filled in, the default epochs scaled to the split's share of
+    the training set (``TrainConfig.for_model``)."""
     if split not in TRAINING_SHARE:
         raise ValueError(f"unknown training split {split!r}; expected one of {sorted(TRAINING_SHARE)}")
-    return cfg.for_model(models.spec(name), TRAINING_SHARE[split])
+    return cfg.for_model(models.spec(name), TRAINING_SHARE[split], dataset)
 
 
-def config_key(name: str, cfg: train.TrainConfig, split: str = "train") -> str:
+def config_key(name: str, cfg: train.TrainConfig, split: str = "train", dataset: str = "mnist") -> str:
     """The cache key of training registry model ``name`` on ``split`` with ``cfg``: the resolved config
     (``resolved_config``) and the model's weight decay, so that a registry edit is a new key and never
     reuses a run made under the old defaults."""
     spec = models.spec(name)
-    return storage.cache_key({"train": dataclasses.asdict(resolved_config(name, cfg, split)),
+    return storage.cache_key({"train": dataclasses.asdict(resolved_config(name, cfg, split, dataset)),
                               "weight_decay": spec.weight_decay, "frozen": list(spec.frozen)})
 
 
-def checkpoint_path(workdir, name, split, seed, cfg) -> pathlib.Path:
-    """Where a trained model lives: keyed by model, training split, seed and training config."""
-    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{config_key(name, cfg, split)}"
+def checkpoint_path(workdir, name, split, seed, cfg, dataset: str = "mnist") -> pathlib.Path:
+    """Where a trained model lives: keyed by model, training split, seed and training config (as resolved
+    for ``dataset``; each dataset has its own workdir)."""
+    stem = f"{storage.safe_name(models.canonical_name(name))}_{split}_s{seed}_{config_key(name, cfg, split, dataset)}"
     return pathlib.Path(workdir) / "checkpoints" / (stem + ".ckpt")
 
 
@@ -68,7 +69,7 @@ def trained_seeds(name: str, mnist: MNIST, seeds, *, split: str = "train",
     model = models.build(name)
     out, todo = {}, []
     for seed in seeds:
-        path = checkpoint_path(workdir, name, split, seed, cfg)
+        path = checkpoint_path(workdir, name, split, seed, cfg, mnist.name)
         if path.exists():
             try:
                 params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
@@ -78,10 +79,10 @@ def trained_seeds(name: str, mnist: MNIST, seeds, *, split: str = "train",
             except checkpoint.CheckpointError as e:
                 log.warning("%s; retraining", e)
         todo.append(seed)
-    resolved, data = resolved_config(name, cfg, split), mnist.split(split)
+    resolved, data = resolved_config(name, cfg, split, mnist.name), mnist.split(split)
     for seed in todo:  # each alone: see trained_seeds's docstring
         t0 = time.time()
-        path = checkpoint_path(workdir, name, split, seed, cfg)
+        path = checkpoint_path(workdir, name, split, seed, cfg, mnist.name)
         partial = path.with_suffix(".partial")
         params, history = train.fit(model, data, jax.random.key(seed), resolved, checkpoint_path=partial,
                                     on_epoch=None if on_epoch is None else (lambda e, loss: on_epoch(e, [loss])))
@@ -102,15 +103,16 @@ def _identified(meta: dict, path: pathlib.Path) -> dict:
 
 def attack(name: str, params, images, targets, *, tag: str, split: str = "train", seed: int = 0,
            cfg: train.TrainConfig = train.TrainConfig(), attack_cfg: attacks.AttackConfig = attacks.AttackConfig(),
-           workdir="workdir", chunk_size: int = 256, progress=None) -> attacks.AttackResult:
+           workdir="workdir", chunk_size: int = 256, progress=None, dataset: str = "mnist") -> attacks.AttackResult:
     """The L-BFGS attack on registry model ``name`` (weights ``params``, as ``trained`` made them) over
     ``images`` in resumable chunks, cached per (model checkpoint, ``tag``, number of images, attack
-    config): ``tag`` names the image set, e.g. ``"train"`` or ``"test"``. A rerun loads the chunks.
+    config): ``tag`` names the image set, e.g. ``"train"`` or ``"test"``; ``dataset`` the dataset the model
+    was trained on (its recipe: ``trained``). A rerun loads the chunks.
 
     Returns:
       ``AttackResult`` of numpy arrays, in the order of ``images``.
     """
-    stem = checkpoint_path(workdir, name, split, seed, cfg).stem
+    stem = checkpoint_path(workdir, name, split, seed, cfg, dataset).stem
     cache = pathlib.Path(workdir) / "attacks" / f"{stem}_{tag}{len(images)}_{storage.cache_key(attack_cfg)}"
     return attacks.attack_in_chunks(Partial(models.build(name).apply, params), images, targets, config=attack_cfg,
                                     chunk_size=chunk_size, cache_dir=cache, progress=progress)

@@ -210,3 +210,14 @@ def test_datasets_by_name_and_their_sources(tmp_path):
     fm = data.load("fashion_mnist", "idx", cache=tmp_path, sizes=None)
     assert fm.source == "idx" and fm.name == "fashion_mnist" and len(fm.train) == 30
     assert not (tmp_path / "mnist.npz").exists()  # the MNIST cache untouched
+
+
+def test_held_out_validation_sixth_is_disjoint_fixed_and_keeps_the_dataset():
+    train = data.Split(np.arange(60, dtype=np.float32)[:, None], np.arange(60, dtype=np.int32) % 10, dataset="fashion_mnist")
+    fit, val = data.held_out(train)
+    assert len(val) == 10 and len(fit) == 50 and not set(fit.images[:, 0]) & set(val.images[:, 0])
+    assert np.isclose(fit.share, 5 / 6) and fit.dataset == val.dataset == "fashion_mnist"
+    assert np.array_equal(data.held_out(train)[1].images, val.images)  # the same sixth every time
+    assert data.halves(train)[0].dataset == train.take(5).dataset == "fashion_mnist"
+    mnist = data._to_mnist(synthetic_mnist(), "synthetic", "fashion_mnist")
+    assert mnist.split("val").dataset == "fashion_mnist" and len(mnist.split("fit")) + len(mnist.split("val")) == 600

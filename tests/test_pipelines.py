@@ -157,3 +157,48 @@ def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_pa
     again = controls.run(ctx, mnist, kinds=(controls.BASELINE, "FGSM"), seeds=(0,), more=(1,))
     assert again["controls"] == result["controls"]  # cached: nothing retrained
 
+
+
+def test_other_datasets_tables_show_mnists_numbers_where_the_papers_stand(run):
+    from experiments import cross_model, cross_training, table1
+    ctx, _, _ = run
+    for module, filename in ((table1, "table1.json"), (cross_model, "table2.json"), (cross_training, "table3_4.json")):
+        ours = json.loads((ctx.out / filename).read_text())
+        tables = module.render(ours, beside=ours).split("\n- **")[0]  # the verdicts below may cite the paper
+        assert "MNIST" in tables and "[2nd]" not in tables and "[rec]" not in tables and "(paper" not in tables
+    t1 = json.loads((ctx.out / "table1.json").read_text())
+    mnist = {**t1, "rows": {k: {**r, "test_error": 0.4321} for k, r in t1["rows"].items()}}
+    assert table1.render(t1, beside=mnist).count("43.21%") == len(t1["rows"])
+    assert "(paper)" in table1.render(t1)
+
+
+def test_recipe_study_chooses_by_its_rule_and_says_whether_the_registry_agrees(tmp_path, monkeypatch):
+    from experiments import training_recipes, training_study
+    from experiments.harness import verdicts
+    from intriguing_jax import models
+    mnist = data._to_mnist(synthetic_mnist(), "synthetic", "fashion_mnist")
+    monkeypatch.setitem(training_recipes.RECIPE_CHALLENGERS, "FC10(1e-4)", ({"epochs": 2}, {"learning_rate": 0.1}))
+    ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), dataset="fashion_mnist")
+    result = training_study.run(ctx, mnist, ["recipes"], recipe_models=("FC10(1e-4)",))
+    study = result["recipe_study"]["FC10(1e-4)"]
+    assert list(study["candidates"]) == ["the registry's recipe", "epochs 2", "learning rate 0.1"]
+    assert all(len(c["val_errors"]) == 3 and len(set(c["checkpoint_sha256"])) == 3 for c in study["candidates"].values())
+    assert study["candidates"]["epochs 2"]["config"]["epochs"] == 2  # 2 passes over the full set: 2 over five sixths
+    expected = verdicts.recipe_choice("FC10(1e-4)", study["candidates"]).numbers["changes"]
+    assert result["chosen"] == {"FC10(1e-4)": expected}
+    md = (ctx.out / "training_study.md").read_text()
+    assert "## Recipe study on Fashion-MNIST" in md and "verdicts.recipe_choice" in md
+    assert ("holds these choices" in md) == (models.DATASET_RECIPES["fashion_mnist"].get("FC10(1e-4)", {}) == expected)
+    again = training_study.run(ctx, mnist, ["recipes"], recipe_models=("FC10(1e-4)",))
+    for label, c in again["recipe_study"]["FC10(1e-4)"]["candidates"].items():  # cached: the same models
+        assert c["checkpoint_sha256"] == study["candidates"][label]["checkpoint_sha256"]
+
+
+def test_the_registry_holds_what_each_committed_recipe_study_chose():
+    from intriguing_jax import models
+    root = pathlib.Path(__file__).resolve().parents[1] / "results"
+    for name in data.DATASETS:
+        path = root / ("" if name == "mnist" else name) / "training_study.json"
+        chosen = json.loads(path.read_text()).get("chosen") if path.exists() else None
+        if chosen is not None:
+            assert chosen == {m: models.DATASET_RECIPES[name].get(m, {}) for m in chosen}, name

@@ -228,3 +228,27 @@ def test_a_zoo_checkpoint_does_not_depend_on_the_seeds_trained_beside_it(tmp_pat
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(grouped)))
     assert meta["checkpoint_sha256"] != zoo.trained_seeds("FC100-100-10", tiny_mnist, [0], cfg=cfg,
                                                                workdir=tmp_path / "b")[0][2]["checkpoint_sha256"]
+
+
+def test_a_dataset_recipe_changes_what_every_entry_point_resolves_and_only_on_that_dataset(monkeypatch, tiny_mnist, key):
+    """``models.DATASET_RECIPES``: a run on that dataset (its splits say which) trains with its recipe, and
+    its cache key differs; MNIST's runs keep the registry's."""
+    from intriguing_jax import adversarial_training as at
+    monkeypatch.setitem(models.DATASET_RECIPES, "fashion_mnist", {"FC10(1e-4)": {"epochs": 3, "learning_rate": 5e-3}})
+    cfg = train.TrainConfig(batch_size=64)
+    fashion = zoo.resolved_config("FC10(1e-4)", cfg, "p1", "fashion_mnist")
+    assert (fashion.epochs, fashion.learning_rate) == (6, 5e-3)  # half the set: twice the passes, as on MNIST
+    assert zoo.resolved_config("FC10(1e-4)", cfg, "p1").epochs == 2 * models.spec("FC10(1e-4)").epochs
+    assert zoo.config_key("FC10(1e-4)", cfg, "train", "fashion_mnist") != zoo.config_key("FC10(1e-4)", cfg, "train")
+    assert zoo.config_key("FC100-100-10", cfg, "train", "fashion_mnist") == zoo.config_key("FC100-100-10", cfg, "train")
+    seen = []
+
+    def record(loss_fn, state, tx, data, key, epochs, *args, **kwargs):
+        seen.append(epochs)
+        return train.TrainState(state.params, None, state.extra), []
+    monkeypatch.setattr(train, "run_epochs", record)
+    p1 = dataclasses.replace(tiny_mnist.split("p1"), dataset="fashion_mnist")
+    train.fit(models.build("FC10(1e-4)"), p1, key, cfg)
+    at.fit(models.build("FC10(1e-4)"), p1, key, cfg, at.AdvTrainConfig(layers=()))
+    train.fit(models.build("FC10(1e-4)"), tiny_mnist.split("p1"), key, cfg)
+    assert seen == [6, 6, 2 * models.spec("FC10(1e-4)").epochs]

@@ -151,3 +151,14 @@ def test_the_cross_dataset_agreement_only_compares_verdicts():
     assert cross_dataset._agreement({"MNIST": v(True), "Fashion-MNIST": v(False)}) == "holds on MNIST only"
     assert cross_dataset._agreement({"MNIST": v(True), "Fashion-MNIST": None}) == "one dataset only"
     assert cross_dataset._agreement({"MNIST": v(None), "Fashion-MNIST": v(True)}) == "one dataset only"
+
+
+def test_recipe_choice_keeps_the_registry_recipe_unless_a_challenger_is_better_on_every_seed():
+    c = lambda changes, errs: {"changes": changes, "val_errors": errs}  # noqa: E731
+    overlapping = {"the registry's recipe": c({}, [0.10, 0.12]), "epochs 30": c({"epochs": 30}, [0.09, 0.105])}
+    v = verdicts.recipe_choice("M", overlapping)
+    assert v.numbers == {"chosen": "the registry's recipe", "changes": {}} and "stays" in v.detail
+    better = {**overlapping, "epochs 60": c({"epochs": 60}, [0.08, 0.095]), "rate 3e-3": c({"learning_rate": 3e-3}, [0.07, 0.099])}
+    v = verdicts.recipe_choice("M", better)
+    assert v.numbers == {"chosen": "rate 3e-3", "changes": {"learning_rate": 3e-3}}  # the lowest mean of the two below
+    assert "2 challenger(s)" in v.detail and v.claim == "M: rate 3e-3"

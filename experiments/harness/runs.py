@@ -61,8 +61,8 @@ def run(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed:
       ``train_error``, ``attack`` (summary on ``ev.final`` images), ``wall_s`` (every epoch, also those
       before a resume, and the final attack), ``pool_s`` (pool generation) and ``adv_config``.
     """
-    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg)
-    stem = f"{storage.safe_name(label)}_s{seed}_{zoo.config_key(model_name, cfg)}_{storage.cache_key(adv)}"
+    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg, dataset=mnist.name)
+    stem = f"{storage.safe_name(label)}_s{seed}_{zoo.config_key(model_name, cfg, dataset=mnist.name)}_{storage.cache_key(adv)}"
     work = pathlib.Path(workdir) / "adversarial_training"
     if (work / f"{stem}.json").exists():  # finished earlier: reuse
         return json.loads((work / f"{stem}.json").read_text())
@@ -132,9 +132,9 @@ def runs(model_name: str, mnist: MNIST, label: str, adv: at.AdvTrainConfig, seed
       ``run``'s dict per seed, in the order of ``seeds`` (members trained together also carry
       ``population``: how many).
     """
-    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg)
+    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg, dataset=mnist.name)
     work = pathlib.Path(workdir) / "adversarial_training"
-    keys = f"{zoo.config_key(model_name, cfg)}_{storage.cache_key(adv)}"
+    keys = f"{zoo.config_key(model_name, cfg, dataset=mnist.name)}_{storage.cache_key(adv)}"
     stems = {s: f"{storage.safe_name(label)}_s{s}_{keys}" for s in seeds}  # as run names them
     todo = [s for s in seeds if not (work / f"{stems[s]}.json").exists()]
     if todo:
@@ -181,10 +181,10 @@ def population_runs(model_name: str, mnist: MNIST, label: str, loss, settings: d
       ``train_error``, ``attack``, ``wall_s`` (its share of the population's training time), ``loss`` (each
       epoch's mean training loss).
     """
-    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg)
+    model, cfg = models.build(model_name), zoo.resolved_config(model_name, cfg, dataset=mnist.name)
     described = {f.name: getattr(loss, f.name) for f in dataclasses.fields(loss) if f.name != "model"}
     key = storage.cache_key({"loss": type(loss).__name__, **described, "settings": {k: [float(v) for v in vs] for k, vs in settings.items()},
-                             "seeds": list(seeds), "train": zoo.config_key(model_name, cfg)})
+                             "seeds": list(seeds), "train": zoo.config_key(model_name, cfg, dataset=mnist.name)})
     work = pathlib.Path(workdir) / "robust_training"
     stem = f"{storage.safe_name(label)}_{key}"
     if (work / f"{stem}.json").exists():

@@ -515,3 +515,34 @@ def bound_propagation_section(sandwich: dict, images: int) -> str:
             "ignores the box).\n\n"
             + table(head, body)
             + "\n" + bullets([bound_propagation_tight(rows)]) + "\n")
+
+
+# ---- training recipes on another dataset ---------------------------------------------------------
+
+
+def recipe_choice(model: str, candidates: dict) -> Verdict:
+    """Which recipe a model trains with on a dataset: the registry's, unless a challenger is better on the
+    held-out validation set beyond the seeds' spread.
+
+    Rule: a challenger replaces the registry's recipe only if every seed's validation error lies below every
+    seed's of the registry's recipe (``seed_order`` on validation errors); of several such, the lowest mean.
+
+    Args:
+      candidates: label -> {"changes": dict (empty for the registry's recipe), "val_errors": [per seed]};
+        exactly one entry has empty changes.
+    """
+    def stats(c):
+        v = c["val_errors"]
+        return {"test_error_mean": float(np.mean(v)), "test_error_min": min(v), "test_error_max": max(v)}
+    (incumbent,) = [label for label, c in candidates.items() if not c["changes"]]
+    base = stats(candidates[incumbent])
+    better = sorted((stats(c)["test_error_mean"], label) for label, c in candidates.items()
+                    if c["changes"] and seed_order(stats(c), base) == -1)
+    chosen = better[0][1] if better else incumbent
+    ranges = "; ".join(f"{label} {pct(stats(c)['test_error_mean'])} ({pct(stats(c)['test_error_min'])}–"
+                       f"{pct(stats(c)['test_error_max'])})" for label, c in candidates.items())
+    return Verdict(f"{model}: {chosen}", None,
+                   f"Validation error, mean (seed range): {ranges}. "
+                   + (f"{len(better)} challenger(s) below the registry's recipe on every seed; the lowest mean wins."
+                      if better else "No challenger lies below the registry's recipe on every seed: it stays."),
+                   {"chosen": chosen, "changes": candidates[chosen]["changes"]})
