@@ -19,7 +19,8 @@ def _member(**kw):
     return {"decay_scale": 1.0, "learning_rate": 1.0, "epsilon": 0.0, "dropout_input": 0.0, "dropout_hidden": 0.0, **kw}
 
 
-@pytest.mark.parametrize("loss", [rt.FGSMLoss(MODEL), rt.L2AdversarialLoss(MODEL), rt.VATLoss(MODEL), rt.DropoutLoss(MODEL)])
+@pytest.mark.parametrize("loss", [rt.FGSMLoss(MODEL), rt.L2AdversarialLoss(MODEL), rt.VATLoss(MODEL), rt.DropoutLoss(MODEL),
+                                  rt.IBPLoss(MODEL)])
 def test_every_control_is_the_plain_loss_at_strength_zero(loss):
     plain = train.ClassifierLoss(MODEL, train.TrainConfig.decay)(PARAMS, BATCH, None, jax.random.key(1))
     np.testing.assert_allclose(float(loss(PARAMS, BATCH, _member(), jax.random.key(1))), float(plain), rtol=1e-5)
@@ -43,3 +44,23 @@ def test_a_population_of_strengths_trains_each_member_with_its_own():
     for a, b in zip(jax.tree.leaves(train.member(pop, 0)), jax.tree.leaves(train.member(plain, 0))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # ε = 0: the plain run
     assert hist[0][1] > hist[0][0]  # the ε = 0.3 member's loss includes its harder examples
+
+
+@pytest.mark.parametrize("hidden, activation", [((), "sigmoid"), ((20,), "relu"), ((16, 12), "sigmoid"), ((16, 12), "relu")])
+def test_ibp_worst_logits_bound_every_point_of_the_ball_and_tighten_to_the_margins_at_zero(hidden, activation):
+    spec = models.ModelSpec("t", models.MLP(hidden, activation=activation), {})
+    model = models.build(spec)
+    p = model.init(jax.random.key(3))
+    x, y = BATCH[0][:8], BATCH[1][:8]
+    logits = model.apply(p, x)
+    margins = logits - jnp.take_along_axis(logits, y[:, None], axis=1)
+    np.testing.assert_allclose(rt.ibp_worst_logits(model, p, x, y, 0.0), margins, atol=1e-4)
+    eps = 0.7
+    bound = rt.ibp_worst_logits(model, p, x, y, eps)
+    d = jax.random.normal(jax.random.key(4), (256,) + x.shape)  # random points on and inside the sphere
+    d = d / jnp.linalg.norm(d, axis=-1, keepdims=True) * eps * jax.random.uniform(jax.random.key(5), (256, 1, 1)) ** 0.1
+    z = jax.vmap(lambda dd: model.apply(p, x + dd))(d)
+    seen = z - jnp.take_along_axis(z, jnp.broadcast_to(y[None, :, None], (256, 8, 1)), axis=2)
+    assert bool((seen.max(0) <= bound + 1e-4).all())
+    grad = jax.grad(lambda q: rt.IBPLoss(model)(q, (x, y), _member(epsilon=eps), jax.random.key(0)))(p)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grad))
