@@ -30,6 +30,7 @@ BASE = "ftol 1e-5, c_rtol 0.03 (before)"
 
 
 def main(argv=None):
+    from benchmarks import matrix
     from benchmarks.attack_speed import _ddn, _import_foolbox, _pin
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["FC100-100-10", "relu-mlp", "flax-cnn", "ConvNet"])
@@ -47,14 +48,13 @@ def main(argv=None):
     import numpy as np
     from jax.tree_util import Partial
 
-    from benchmarks.attack_speed import _problem
     from intriguing_jax import attacks, checkpoint, data, provenance, train
     mnist = data.load_mnist()
     rows, used = [], {}
     print("| model | configuration | evaluations / image | success | mean ‖r‖₂ | per image vs before | per image vs DDN "
           "| images/s |\n|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model, params, x, t = _problem(name, mnist, args.workdir, args.images)
+        model, params, x, t = matrix.problem(name, mnist, args.workdir, args.images)
         fn = Partial(jax.jit(model.apply), params)
         images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images
         used[name] = {"params_sha256": checkpoint.params_sha256(params),

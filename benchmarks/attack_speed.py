@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 
+from benchmarks import matrix
+
 
 def _pin(threads: int) -> None:
     cores = sorted(os.sched_getaffinity(0))[:threads]
@@ -139,116 +141,6 @@ def _ddn(fb, apply_fn, x, t):
     return wall, success, jnp.linalg.norm((adv - xs).reshape(len(x), -1), axis=1)
 
 
-def relu_mlp(mnist, workdir):
-    """The held-out architecture: a 784-100-100-10 ReLU MLP (10 epochs of the default training),
-    trained once and cached under ``workdir``."""
-    import pathlib
-
-    import jax
-
-    from intriguing_jax import checkpoint, models, train
-    spec = models.ModelSpec("ReLU-MLP-100-100", models.MLP((100, 100), activation="relu"), {}, epochs=10)
-    model = models.build(spec)
-    path = pathlib.Path(workdir) / "checkpoints" / "bench_relu_mlp_100_100_s7.ckpt"
-    try:
-        params, _ = checkpoint.load(path, model.init(jax.random.key(0)))
-    except (FileNotFoundError, checkpoint.CheckpointError):
-        params, _ = train.fit(model, mnist.train, jax.random.key(7))
-        checkpoint.save(path, params, {"test_error": train.error_rate(model.apply, params, mnist.test)})
-    return model, params
-
-
-def flax_cnn(mnist, workdir):
-    """The held-out CNN, in the style of flax's ``examples/mnist`` (NHWC input ``[N, 28, 28, 1]``: two 3×3
-    convolutions, 32 and 64 channels, each with ReLU and 2×2 average pooling, dense 256, dense 10), trained
-    here for one epoch of Adam 1e-3 at batch 128 and cached under ``workdir``. Not in the registry, not used
-    to choose any default. Returns ``(model, params)``; ``model.apply`` takes NHWC images."""
-    import pathlib
-    import types
-
-    import flax.linen as nn
-    import jax
-    import optax
-
-    from intriguing_jax import checkpoint, train
-
-    class CNN(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for features in (32, 64):
-                x = nn.avg_pool(nn.relu(nn.Conv(features, (3, 3))(x)), (2, 2), (2, 2))
-            return nn.Dense(10)(nn.relu(nn.Dense(256)(x.reshape((x.shape[0], -1)))))
-
-    net = CNN()
-    model = types.SimpleNamespace(name="flax-style CNN (held out)", apply=net.apply, nhwc=True)
-    init = net.init(jax.random.key(0), mnist.train.images[:1].reshape(1, 28, 28, 1))
-    path = pathlib.Path(workdir) / "checkpoints" / "bench_flax_cnn_s0.ckpt"
-    try:
-        params, _ = checkpoint.load(path, init)
-        return model, params
-    except (FileNotFoundError, checkpoint.CheckpointError):
-        pass
-    tx = optax.adam(1e-3)
-
-    @jax.jit
-    def step(p, s, x, y):
-        g = jax.grad(lambda p: train.cross_entropy(net.apply(p, x), y))(p)
-        u, s = tx.update(g, s)
-        return optax.apply_updates(p, u), s
-
-    params, state = init, tx.init(init)
-    x, y = mnist.train.images.reshape(-1, 28, 28, 1), mnist.train.labels
-    for i in range(0, len(x) - 127, 128):
-        params, state = step(params, state, x[i:i + 128], y[i:i + 128])
-    checkpoint.save(path, params, {})
-    return model, params
-
-
-def pgd_mlp(mnist, workdir, epsilon: float = 1.0, epochs: int = 20):
-    """A defended model: FC100-100-10 trained ``epochs`` epochs by L2 PGD adversarial training
-    (``robust_training.L2PGDLoss``, ε = ``epsilon`` in L2, 7 steps), cached under ``workdir``. Not used to
-    choose any default; the attack benchmarks' defended MLP. Returns ``(model, params)``."""
-    import pathlib
-
-    import jax
-    import jax.numpy as jnp
-
-    from intriguing_jax import checkpoint, models, robust_training, train
-    model = models.build("FC100-100-10")
-    path = pathlib.Path(workdir) / "checkpoints" / f"bench_pgd_mlp_eps{epsilon:g}_e{epochs}_s0.ckpt"
-    try:
-        params, _ = checkpoint.load(path, model.init(jax.random.key(0)))
-    except (FileNotFoundError, checkpoint.CheckpointError):
-        pop, _ = train.fit_population(model, mnist.train, jnp.stack([jax.random.key(0)]), train.TrainConfig(epochs=epochs),
-                                      loss=robust_training.L2PGDLoss(model), settings={"epsilon": [epsilon]})
-        params = train.member(pop, 0)
-        checkpoint.save(path, params, {"test_error": train.error_rate(model.apply, params, mnist.test),
-                                       "recipe": f"L2PGDLoss(steps=7, step_scale=0.25), epsilon {epsilon}, {epochs} epochs"})
-    return model, params
-
-
-def _problem(name, mnist, workdir, n):
-    import jax
-    import numpy as np
-
-    from intriguing_jax import attacks, train, zoo
-    if name == "relu-mlp":
-        model, params = relu_mlp(mnist, workdir)
-    elif name == "flax-cnn":
-        model, params = flax_cnn(mnist, workdir)
-    elif name == "pgd-mlp":
-        model, params = pgd_mlp(mnist, workdir)
-    elif name == "pgd-mlp-eps2":  # a second defended MLP, held out from every choice: ε = 2, 10 epochs
-        model, params = pgd_mlp(mnist, workdir, epsilon=2.0, epochs=10)
-    else:
-        model, params, _ = zoo.trained(name, mnist, workdir=workdir)
-    images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images
-    pred = train.predict(model.apply, params, images)
-    ok = np.flatnonzero(pred == mnist.test.labels)[:n]
-    x, y = images[ok], mnist.test.labels[ok]
-    return model, params, x, np.asarray(attacks.random_wrong_targets(jax.random.key(0), y))
-
-
 def first_call(argv):
     """Child process: our first call (compilation included) with the persistent cache at argv[2]."""
     import time
@@ -259,7 +151,7 @@ def first_call(argv):
     name, workdir, cache, n = argv[0], argv[1], argv[2], int(argv[3])
     compile_cache.enable(cache)
     mnist = data.load_mnist()
-    model, params, x, t = _problem(name, mnist, workdir, n)
+    model, params, x, t = matrix.problem(name, mnist, workdir, n)
     t0 = time.perf_counter()
     res = attacks.lbfgs_attack(Partial(model.apply, params), x, t)
     res.l2.block_until_ready()
@@ -305,7 +197,7 @@ def main(argv=None):
     print(f"# {provenance.machine()}, {args.threads} pinned thread(s), batch {args.batch}; jax {jax.__version__}"
           f", foolbox {getattr(fb, '__version__', 'absent')}; our config {cfg}")
     for name in args.models:
-        model, params, x, t = _problem(name, mnist, args.workdir, args.batch)
+        model, params, x, t = matrix.problem(name, mnist, args.workdir, args.batch)
         fn = Partial(model.apply, params)
         b = len(x)
         mode = "stepped" if attacks._stepped(fn, jax.numpy.asarray(x), cfg) else "loop"
@@ -375,7 +267,7 @@ def main(argv=None):
     if args.qp_images < 1:
         return 0
     # Softmax regression: the exact minimum is a convex QP.
-    lin, lin_params, x, t = _problem("FC10(1e-4)", mnist, args.workdir, args.qp_images)
+    lin, lin_params, x, t = matrix.problem("FC10(1e-4)", mnist, args.workdir, args.qp_images)
     exact = np.array([linear_min_l2(np.asarray(lin_params["params"]["dense_0"]["kernel"], np.float64),
                                     np.asarray(lin_params["params"]["dense_0"]["bias"], np.float64), xi, ti)
                       for xi, ti in zip(x, t)])

@@ -7,7 +7,7 @@ On the GPU machine (JAX with CUDA preinstalled, no downloads; carry .device):
     bash benchmarks/device_check.sh                         # at most ~8 minutes
 
 Prints the compile time, images/s at batch 256 / 4,096 / 32,768 on FC100-100-10 and at 256 / 4,096 on the
-held-out flax-style CNN (``benchmarks.attack_speed.flax_cnn``), the wall time of the README's sweep of all 10,000 test images × 9 wrong targets, and success and mean ‖r‖₂ on the reference
+held-out flax-style CNN (``benchmarks.matrix``'s ``flax-cnn``), the wall time of the README's sweep of all 10,000 test images × 9 wrong targets, and success and mean ‖r‖₂ on the reference
 images next to the CPU's (the same weights, images and targets).
 """
 
@@ -22,7 +22,6 @@ import sys
 import time
 
 MODEL = "FC100-100-10"
-CNN_CKPT = "bench_flax_cnn_s0.ckpt"  # benchmarks.attack_speed.flax_cnn's weights
 
 
 def _images(mnist, model, params, n):
@@ -49,9 +48,10 @@ def prepare(dest: pathlib.Path, workdir: str) -> None:
     shutil.copy(ckpt, dest / "workdir" / "checkpoints" / ckpt.name)
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest / "wheels"),
                     "jaxopt==0.8.5"], check=True)
-    from benchmarks.attack_speed import flax_cnn
-    flax_cnn(mnist, workdir)  # trains and caches the held-out CNN once
-    shutil.copy(pathlib.Path(workdir) / "checkpoints" / CNN_CKPT, dest / "workdir" / "checkpoints" / CNN_CKPT)
+    from benchmarks import matrix
+    matrix.trained("flax-cnn", mnist, workdir)  # trains and caches the held-out CNN once
+    cnn_ckpt = matrix.checkpoint_path("flax-cnn", workdir)
+    shutil.copy(cnn_ckpt, dest / "workdir" / "checkpoints" / cnn_ckpt.name)
     x, t = _images(mnist, model, params, 256)
     res = attacks.lbfgs_attack(Partial(model.apply, params), x, t)
     ref = {"backend": "cpu", "images": len(t), "success_rate": float(res.success.mean()),
@@ -97,9 +97,9 @@ def check(src: pathlib.Path, batches=(256, 4096, 32768), sweep_images: int = 100
         wall = time.perf_counter() - t0
         print(f"batch {b}: {b / wall:.0f} images/s, success {float(r.success.mean()):.1%}, "
               f"mean ‖r‖₂ {float(r.l2[r.success].mean()):.4f}", flush=True)
-    if (src / "workdir" / "checkpoints" / CNN_CKPT).exists():
-        from benchmarks.attack_speed import flax_cnn
-        cnn, cnn_params = flax_cnn(mnist, str(src / "workdir"))
+    from benchmarks import matrix
+    if matrix.checkpoint_path("flax-cnn", src / "workdir").exists():
+        cnn, cnn_params, _ = matrix.trained("flax-cnn", mnist, str(src / "workdir"))
         cnn_fn = Partial(cnn.apply, cnn_params)
         for b in cnn_batches:
             xb, tb = mnist.test.images[img[:b]].reshape(-1, 28, 28, 1), tgt[:b]

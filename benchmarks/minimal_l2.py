@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from benchmarks.attack_speed import _import_foolbox, _pin, _problem
+from benchmarks import matrix
+from benchmarks.attack_speed import _import_foolbox, _pin
 
 
 def _ours(cfg):
@@ -61,7 +62,7 @@ def measure(name, mnist, workdir, n, runners, exact_min: bool):
     import numpy as np
 
     from intriguing_jax import exact
-    model, params, x, t = _problem(name, mnist, workdir, n)
+    model, params, x, t = matrix.problem(name, mnist, workdir, n)
     fn = jax.tree_util.Partial(model.apply, params)
     rows = {}
     for label, run in runners.items():

@@ -20,6 +20,7 @@ import sys
 import time
 import types
 
+from benchmarks import matrix
 from benchmarks.attack_speed import _import_foolbox, _pin
 
 
@@ -90,14 +91,13 @@ def main(argv=None):
     import torch
     from jax.tree_util import Partial
 
-    from benchmarks.attack_speed import _problem
     from intriguing_jax import attacks, data, train
     torch.set_num_threads(args.threads)
     fb, alma = _import_foolbox(), _import_adv_lib()
     mnist = data.load_mnist()
     print("| model | attack | first call s | steady s | success | mean ‖r‖₂ | median ‖r‖₂ | optimality |\n|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model, params, x, _ = _problem(name, mnist, args.workdir, args.images)
+        model, params, x, _ = matrix.problem(name, mnist, args.workdir, args.images)
         y = np.asarray(train.predict(model.apply, params, x))
         fn = Partial(jax.jit(model.apply), params)
         net = _torch_copy(name, params)

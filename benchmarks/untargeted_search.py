@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 
+from benchmarks import matrix
 from benchmarks.attack_speed import _pin
 
 SEARCHES = ("all", "one", 2, 3, "one+2")
@@ -58,14 +59,13 @@ def main(argv=None):
     import numpy as np
     from jax.tree_util import Partial
 
-    from benchmarks.attack_speed import _problem
     from intriguing_jax import attacks, checkpoint, data, provenance, train
     mnist = data.load_mnist()
     rows, used = [], {}
     print("| model | search | first call s | steady s | vs all (time) | success | mean ‖r‖₂ | per image vs all: mean / max |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        model, params, x, _ = _problem(name, mnist, args.workdir, args.images)
+        model, params, x, _ = matrix.problem(name, mnist, args.workdir, args.images)
         images = mnist.test.images.reshape((-1,) + x.shape[1:])
         y = np.asarray(train.predict(model.apply, params, x))  # correctly classified: the labels
         used[name] = {"params_sha256": checkpoint.params_sha256(params),

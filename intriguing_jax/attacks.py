@@ -301,7 +301,9 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
 
     Returns:
       ``AttackResult`` per image: the successful example with the smallest ‖r‖₂ found (``target``: the
-      class it reaches). An image the model already misclassifies is its own closest adversarial (l2 = 0).
+      class it reaches; ``grad_evals``: every solve's evaluations for the image together, plus K gradients
+      for the nearest-class estimate where it is used). An image the model already misclassifies is its
+      own closest adversarial (l2 = 0).
     """
     cfg = config or AttackConfig()
     nearest = _nearest_count(search)
@@ -348,10 +350,11 @@ def _nearest_count(search) -> int:
 
 def _shortest(stacked: AttackResult) -> AttackResult:
     """Per image, the successful candidate with the smallest ‖r‖₂ (``stacked``: candidates on axis 1; the
-    first if none succeeded)."""
+    first if none succeeded); its ``grad_evals`` is every candidate's together, the image's whole work."""
     pick = jnp.argmin(jnp.where(stacked.success, stacked.l2, jnp.inf), axis=1)
-    return jax.tree.map(lambda a: jnp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
+    best = jax.tree.map(lambda a: jnp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
                         stacked)
+    return best._replace(grad_evals=stacked.grad_evals.sum(axis=1))
 
 
 @jax.jit
@@ -374,7 +377,8 @@ def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: Attack
     else:  # the m nearest by the linearised estimate
         wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
     res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg)
-    return _shortest(jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res))
+    best = _shortest(jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res))
+    return best if m == k - 1 else best._replace(grad_evals=best.grad_evals + k)  # the estimate's K gradients
 
 
 # ---- datasets --------------------------------------------------------------------------------

@@ -422,6 +422,11 @@ def test_untargeted_searches(mlp, mnist):
     expect = np.where(np.asarray(one.success) & (~np.asarray(two.success) | (np.asarray(one.l2) < np.asarray(two.l2))),
                       np.asarray(one.l2), np.asarray(two.l2))
     np.testing.assert_allclose(np.asarray(both.l2), expect, rtol=1e-5)
+    # evaluations: an image's whole work, every solve's together (+ K gradients for the nearest estimate)
+    np.testing.assert_array_equal(np.asarray(both.grad_evals), np.asarray(one.grad_evals) + np.asarray(two.grad_evals))
+    solves = attacks.lbfgs_attack(fn, np.repeat(x, 9, axis=0), ((np.repeat(y, 9) + np.tile(np.arange(1, 10), 6)) % 10), config=cfg)
+    np.testing.assert_array_equal(np.asarray(full.grad_evals), np.asarray(solves.grad_evals).reshape(6, 9).sum(1))
+    assert np.all(np.asarray(two.grad_evals) > 10)
     for bad in ("some", 0, "one+", "one+0", True):
         with pytest.raises(ValueError, match="search"):
             attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search=bad)
