@@ -16,66 +16,11 @@ failures at e, the largest distance found). One pinned core.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import types
 
 from benchmarks import matrix
 from benchmarks.attack_speed import _import_foolbox, _pin
-
-
-def _import_adv_lib():
-    """adv-lib 0.2.8 imports torchvision (LPIPS only) and visdom (live plots only) at import: stubs."""
-    tv = types.ModuleType("torchvision")
-    tv.models = types.ModuleType("torchvision.models")
-    vis = types.ModuleType("visdom")
-    vis.Visdom = object
-    sys.modules.setdefault("torchvision", tv)
-    sys.modules.setdefault("torchvision.models", tv.models)
-    sys.modules.setdefault("visdom", vis)
-    from adv_lib.attacks import alma
-    return alma
-
-
-def _torch_copy(name, params):
-    """A torch module computing the same logits (MLPs: dense_i; the flax CNN: Conv_0/1, Dense_1 then Dense_0, NHWC)."""
-    import numpy as np
-    import torch
-
-    p = {k: {n: torch.tensor(np.asarray(a)) for n, a in v.items()} for k, v in params["params"].items()}
-    if name == "flax-cnn":
-        def forward(x):  # x: NHWC
-            h = x.permute(0, 3, 1, 2)
-            for conv in ("Conv_0", "Conv_1"):
-                h = torch.nn.functional.conv2d(h, p[conv]["kernel"].permute(3, 2, 0, 1), p[conv]["bias"], padding=1)
-                h = torch.nn.functional.avg_pool2d(torch.relu(h), 2)
-            # flax names modules as they are built: Dense(10)(relu(Dense(256)(h))) builds the output first
-            h = torch.relu(h.permute(0, 2, 3, 1).reshape(len(h), -1) @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
-            return h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
-    else:
-        act = torch.relu if name == "relu-mlp" else torch.sigmoid
-        layers = sorted(p, key=lambda k: int(k.split("_")[1]))
-
-        def forward(x):
-            h = x.reshape(len(x), -1)
-            for i, k in enumerate(layers):
-                h = h @ p[k]["kernel"] + p[k]["bias"]
-                h = act(h) if i < len(layers) - 1 else h
-            return h
-
-    class Copy(torch.nn.Module):
-        def forward(self, x):
-            return forward(x)
-    return Copy().eval()
-
-
-def optimality(d: dict) -> dict:
-    """AttackBench's optimality per attack: ``d`` attack -> per-image distances (inf: failed)."""
-    import numpy as np
-    finite = np.concatenate([v[np.isfinite(v)] for v in d.values()])
-    e = finite.max()
-    best = np.minimum.reduce([np.minimum(v, e) for v in d.values()])
-    return {a: float(best.mean() / np.minimum(v, e).mean()) for a, v in d.items()}
+from benchmarks.attackbench import import_adv_lib, optimality, torch_copy
 
 
 def main(argv=None):
@@ -93,14 +38,14 @@ def main(argv=None):
 
     from intriguing_jax import attacks, data, train
     torch.set_num_threads(args.threads)
-    fb, alma = _import_foolbox(), _import_adv_lib()
+    fb, alma = _import_foolbox(), import_adv_lib().alma
     mnist = data.load_mnist()
     print("| model | attack | first call s | steady s | success | mean ‖r‖₂ | median ‖r‖₂ | optimality |\n|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model, params, x, _ = matrix.problem(name, mnist, args.workdir, args.images)
         y = np.asarray(train.predict(model.apply, params, x))
         fn = Partial(jax.jit(model.apply), params)
-        net = _torch_copy(name, params)
+        net = torch_copy(name, params)
         with torch.no_grad():
             gap = float(np.abs(net(torch.tensor(np.asarray(x))).numpy() - np.asarray(fn(x))).max())
         assert gap < 1e-3, f"torch copy of {name} differs by {gap}"
