@@ -19,7 +19,7 @@ import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
 from experiments.harness import cross_dataset, runtime
-from intriguing_jax import attacks, compile_cache, data, storage, train
+from intriguing_jax import attacks, compile_cache, data, models, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
 PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
@@ -77,7 +77,7 @@ def write_report(ctx: common.Context) -> str:
         "Our measurement beside the paper's for each table",
         "Our measurement for each table; where MNIST's results (ours, `results/`) exist, Tables 1–4 show MNIST's "
         "number in brackets, and elsewhere the paper's MNIST value stands beside ours").replace(
-        "the paper value's provenance mark", "a paper value's provenance mark")
+        "the paper value's provenance mark", "a paper value's provenance mark") + "\n" + recipe_status(ctx) + "\n"
     if ctx.dataset == "mnist":
         sections.append(cross_dataset.section({n: (m, f) for n, (m, f, _) in PIPELINES.items()}, ctx.out,
                                               {n: s.title for n, s in data.DATASETS.items()}))
@@ -86,6 +86,25 @@ def write_report(ctx: common.Context) -> str:
     if ctx.dataset != "mnist" and (ctx.out.parent / "REPORT.md").exists():  # MNIST's report: its cross-dataset table
         write_report(dataclasses.replace(ctx, results=str(ctx.out.parent), dataset="mnist"))
     return text
+
+
+def recipe_status(ctx: common.Context) -> str:
+    """On a dataset other than MNIST, which training recipes its models use: those its recipe study chose
+    (``training_study --dataset``), or, where no study is recorded or the registry differs from it, say so."""
+    path = ctx.out / "training_study.json"
+    chosen = json.loads(path.read_text()).get("chosen") if path.exists() else None
+    registry = models.DATASET_RECIPES.get(ctx.dataset, {})
+    if chosen is None:
+        return (f"**Training recipes: MNIST's.** No recipe study is recorded in `{path}`: every model trains with the "
+                f"registry's recipe (chosen on MNIST), changed only where `models.DATASET_RECIPES` says so "
+                f"({len(registry)} model(s)).")
+    differ = [m for m in chosen if chosen[m] != registry.get(m, {})]
+    if differ:
+        return (f"**Training recipes: the registry differs from the recipe study** for {', '.join(differ)} "
+                "(`training_study.md`); the models here were trained with the registry's.")
+    changed = [f"{m} ({', '.join(f'{k} {v:g}' for k, v in c.items())})" for m, c in chosen.items() if c]
+    return ("**Training recipes: as the recipe study chose** (`training_study.md`): "
+            + (", ".join(changed) if changed else "the registry's recipe for every model it studied") + ".")
 
 
 def main(argv=None):

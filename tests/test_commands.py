@@ -83,6 +83,7 @@ def test_reproduce_on_fashion_mnist_writes_its_own_results_and_the_cross_dataset
     assert "claimed (Sec. 3)" in table
     out = tmp_path / "results" / "fashion_mnist"
     assert "on Fashion-MNIST" in (out / "REPORT.md").read_text()
+    assert "**Training recipes: MNIST's.** No recipe study is recorded" in (out / "REPORT.md").read_text()
     units = json.loads((out / "units.json").read_text())
     assert units["provenance"]["dataset"] == "fashion_mnist"
     assert json.loads((tmp_path / "results" / "units.json").read_text())["provenance"]["dataset"] == "mnist"

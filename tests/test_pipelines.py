@@ -192,6 +192,10 @@ def test_recipe_study_chooses_by_its_rule_and_says_whether_the_registry_agrees(t
     again = training_study.run(ctx, mnist, ["recipes"], recipe_models=("FC10(1e-4)",))
     for label, c in again["recipe_study"]["FC10(1e-4)"]["candidates"].items():  # cached: the same models
         assert c["checkpoint_sha256"] == study["candidates"][label]["checkpoint_sha256"]
+    from experiments import reproduce  # what the dataset's report says of its recipes
+    assert ("registry differs" in reproduce.recipe_status(ctx)) == (expected != {})
+    monkeypatch.setitem(models.DATASET_RECIPES, "fashion_mnist", {"FC10(1e-4)": expected})
+    assert reproduce.recipe_status(ctx).startswith("**Training recipes: as the recipe study chose**")
 
 
 def test_the_registry_holds_what_each_committed_recipe_study_chose():
