@@ -28,6 +28,8 @@ class Recipe:
     epsilon: float = 0.0  # the defence's L2 radius over the 784 pixels
     epochs: int | None = None  # None: the architecture's default training
     seed: int = 0
+    warmup_epochs: int = 0  # IBP: plain epochs first, then ε ramps up linearly over ramp_epochs (Gowal et al.)
+    ramp_epochs: int = 0
 
     @property
     def defended(self) -> bool:
@@ -36,7 +38,8 @@ class Recipe:
     def describe(self) -> str:
         if not self.defended:
             return f"{self.architecture}, undefended"
-        loss = {"l2-pgd": "L2 PGD (7 steps of 0.25ε)", "ibp": "IBP, κ 0.5"}[self.defence]
+        loss = {"l2-pgd": "L2 PGD (7 steps of 0.25ε)",
+                "ibp": f"IBP (κ 1 → 0.5; {self.warmup_epochs} plain epoch(s), then ε ramped over {self.ramp_epochs})"}[self.defence]
         return f"{self.architecture}, {loss} at ε = {self.epsilon:g}, {self.epochs} epochs, seed {self.seed}"
 
 
@@ -48,7 +51,7 @@ MATRIX: dict[str, Recipe] = {
     "pgd-mlp": Recipe("FC100-100-10", "l2-pgd", 1.0, 20),
     "pgd-mlp-eps2": Recipe("FC100-100-10", "l2-pgd", 2.0, 10),
     "pgd-convnet": Recipe("ConvNet", "l2-pgd", 2.0, 4),
-    "ibp-mlp": Recipe("relu-mlp", "ibp", 0.5, 20),
+    "ibp-mlp": Recipe("relu-mlp", "ibp", 0.5, 20, warmup_epochs=1, ramp_epochs=10),
 }
 UNDEFENDED = tuple(n for n, r in MATRIX.items() if not r.defended)
 DEFENDED = tuple(n for n, r in MATRIX.items() if r.defended)
@@ -136,9 +139,15 @@ def trained(name: str, mnist, workdir="workdir"):
     elif not recipe.defended:
         params, _ = train.fit(model, mnist.train, jax.random.key(recipe.seed))
     else:
-        loss = {"l2-pgd": robust_training.L2PGDLoss, "ibp": robust_training.IBPLoss}[recipe.defence](model)
-        pop, _ = train.fit_population(model, mnist.train, jnp.stack([jax.random.key(recipe.seed)]),
-                                      train.TrainConfig(epochs=recipe.epochs), loss=loss, settings={"epsilon": [recipe.epsilon]})
+        cfg = train.TrainConfig(epochs=recipe.epochs)
+        if recipe.defence == "ibp":
+            steps = len(mnist.train) // cfg.batch_size
+            loss, settings = robust_training.IBPLoss(model), {"epsilon": [0.0], "kappa": [1.0]}
+            hook = robust_training.EpsilonRamp([recipe.epsilon], recipe.warmup_epochs * steps, recipe.ramp_epochs * steps)
+        else:
+            loss, settings, hook = robust_training.L2PGDLoss(model), {"epsilon": [recipe.epsilon]}, None
+        pop, _ = train.fit_population(model, mnist.train, jnp.stack([jax.random.key(recipe.seed)]), cfg, loss=loss,
+                                      settings=settings, hook=hook)
         params = train.member(pop, 0)
     meta = {"recipe": recipe.describe(), "recipe_fields": dataclasses.asdict(recipe),
             "test_error": train.error_rate(model.apply, params, type(mnist.test)(images, mnist.test.labels)),

@@ -188,7 +188,9 @@ def ibp_worst_logits(model: Model, p, x, y, epsilon) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class IBPLoss:
     """κ·CE(x) + (1 − κ)·CE(worst-case logits over the L2 ball, ``ibp_worst_logits``) + weight decay; ε = the
-    member's ``epsilon``. Certified training (Gowal et al. 2018) for registry-style MLPs."""
+    member's ``epsilon``, κ its ``kappa`` where the member has one (``EpsilonRamp`` moves both), else
+    ``kappa``. Certified training (Gowal et al. 2018) for registry-style MLPs: from the start at full ε it
+    does not train (FC 784-100-100-10 ReLU at ε = 0.5 on MNIST, 20 epochs: 88.7% test error), so ramp ε."""
 
     model: Model
     decay: str = train.TrainConfig.decay
@@ -196,9 +198,27 @@ class IBPLoss:
 
     def __call__(self, p, batch, member, key):
         x, y = batch
+        kappa = member.get("kappa", self.kappa)
         worst = ibp_worst_logits(self.model, p, x, y, member["epsilon"])
         robust = optax.softmax_cross_entropy_with_integer_labels(worst, y).mean()
-        return self.kappa * _ce(self.model, p, x, y) + (1 - self.kappa) * robust + _decay(self.model, p, self.decay, member)
+        return kappa * _ce(self.model, p, x, y) + (1 - kappa) * robust + _decay(self.model, p, self.decay, member)
+
+
+class EpsilonRamp(train.Hook):
+    """Certified training's schedule (Gowal et al. 2018, Sec. 4): ``warmup`` steps of plain training (ε = 0,
+    κ = 1), then ε rising linearly to each member's target and κ falling to ``kappa`` over ``ramp`` steps,
+    then both held. A ``train.Hook`` for ``train.fit_population(..., hook=...)``; the members' settings
+    must hold ``epsilon`` and ``kappa``."""
+
+    def __init__(self, target, warmup: int, ramp: int, kappa: float = 0.5):
+        self.target, self.warmup, self.ramp, self.kappa = jnp.asarray(target, jnp.float32), warmup, ramp, kappa
+
+    def fraction(self, step: int) -> float:
+        return min(1.0, max(0.0, (step - self.warmup) / max(self.ramp, 1)))
+
+    def before_step(self, step, key, params, extra):
+        f = self.fraction(step)
+        return {**extra, "epsilon": self.target * f, "kappa": jnp.full_like(self.target, 1.0 - (1.0 - self.kappa) * f)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -465,7 +465,7 @@ def fit(model: Model, train: Split, key: jax.Array, cfg: TrainConfig = TrainConf
 def fit_population(model: Model, train: Split, keys: jax.Array, cfg: TrainConfig = TrainConfig(), *,
                    learning_rates=None, decay_scales=None, loss: Callable | None = None, settings: dict | None = None,
                    on_epoch: Callable[[int, list[float]], None] | None = None, checkpoint_path=None,
-                   on_device: bool = False):
+                   on_device: bool = False, hook: Hook | None = None):
     """Trains M members of one registry model at once — one jitted step advances all of them — each as
     ``fit`` would train it alone with its key (to float precision; tested).
 
@@ -481,17 +481,19 @@ def fit_population(model: Model, train: Split, keys: jax.Array, cfg: TrainConfig
       on_epoch: called with ``(epoch, [M] mean losses)`` after each epoch.
       checkpoint_path: as for ``fit`` (the whole population's state).
       on_device: each epoch as one ``lax.scan`` (``run_epochs``).
+      hook: changes the members' settings between steps (``Hook``; e.g. ``robust_training.EpsilonRamp``),
+        seeing the global step; the settings it returns keep their keys and shapes.
 
     Returns:
       ``(params, history)``: parameters with a leading member axis (``member(params, m)`` takes one) and
       per epoch the M mean losses.
     """
     return _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path, alone=False, on_epoch=on_epoch,
-                on_device=on_device, loss=loss, settings=settings)
+                on_device=on_device, loss=loss, settings=settings, hook=hook)
 
 
 def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path, *, alone: bool, on_epoch,
-         on_device: bool = False, loss=None, settings=None):
+         on_device: bool = False, loss=None, settings=None, hook=None):
     """``fit_population``; ``alone``: one member trained exactly as ``fit`` always has (its optimiser at
     its own peak rate, the single-model step)."""
     validate_split(model, train)
@@ -535,7 +537,7 @@ def _fit(model, train, keys, cfg, learning_rates, decay_scales, checkpoint_path,
         return _stacked(final.params), history
     state = TrainState(state.params, state.opt_state, settings)
     final, _ = run_epochs(loss, state, tx, (train.images, train.labels), loop_keys, resolved.epochs, cfg.batch_size,
-                          start_epoch=start, on_epoch=end_of_epoch, population=True, on_device=on_device)
+                          start_epoch=start, on_epoch=end_of_epoch, population=True, on_device=on_device, hook=hook)
     return final.params, history
 
 

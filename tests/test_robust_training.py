@@ -64,3 +64,30 @@ def test_ibp_worst_logits_bound_every_point_of_the_ball_and_tighten_to_the_margi
     assert bool((seen.max(0) <= bound + 1e-4).all())
     grad = jax.grad(lambda q: rt.IBPLoss(model)(q, (x, y), _member(epsilon=eps), jax.random.key(0)))(p)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grad))
+
+
+def test_epsilon_ramp_warms_up_then_raises_epsilon_and_lowers_kappa_then_holds():
+    ramp = rt.EpsilonRamp([0.5, 1.0], warmup=10, ramp=20)
+    extra = {"epsilon": jnp.zeros(2), "kappa": jnp.ones(2), "learning_rate": jnp.ones(2)}
+    at = lambda step: ramp.before_step(step, None, None, extra)  # noqa: E731
+    np.testing.assert_allclose(at(5)["epsilon"], [0.0, 0.0])
+    np.testing.assert_allclose(at(20)["epsilon"], [0.25, 0.5])
+    np.testing.assert_allclose(at(20)["kappa"], [0.75, 0.75])
+    np.testing.assert_allclose(at(100)["epsilon"], [0.5, 1.0])
+    np.testing.assert_allclose(at(100)["kappa"], [0.5, 0.5])
+    assert set(at(0)) == set(extra)
+
+
+def test_ibp_training_with_the_ramp_moves_the_members_settings_each_step():
+    seen = []
+
+    class Spy(rt.EpsilonRamp):
+        def before_step(self, step, key, params, extra):
+            out = super().before_step(step, key, params, extra)
+            seen.append(float(out["epsilon"][0]))
+            return out
+    cfg = train.TrainConfig(epochs=2, batch_size=64)
+    steps = len(MNIST.train) // 64
+    train.fit_population(MODEL, MNIST.train, jnp.stack([jax.random.key(0)]), cfg, loss=rt.IBPLoss(MODEL),
+                         settings={"epsilon": [0.0], "kappa": [1.0]}, hook=Spy([0.4], steps, steps))
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(0.4 * (steps - 1) / steps) and len(seen) == 2 * steps
