@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import pathlib
 import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
-from experiments.harness import cross_dataset, runtime
+from experiments.harness import cross_dataset, runtime, summary
 from intriguing_jax import attacks, compile_cache, data, models, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
@@ -88,6 +89,19 @@ def write_report(ctx: common.Context) -> str:
     return text
 
 
+def readme_block(results) -> str:
+    """The README's results block for the MNIST results in ``results`` (``harness.summary``)."""
+    return summary.block(pathlib.Path(results), {n: (m, f) for n, (m, f, _) in PIPELINES.items()})
+
+
+def refresh_readme(ctx: common.Context) -> None:
+    """Rewrites the results block of ./README.md when this run wrote the repository's MNIST results."""
+    readme = pathlib.Path("README.md")
+    if ctx.dataset == "mnist" and pathlib.Path(ctx.results).resolve() == pathlib.Path("results").resolve() and readme.exists():
+        if summary.rewrite(readme, readme_block(ctx.results)):
+            print("rewrote the results block of README.md")
+
+
 def recipe_status(ctx: common.Context) -> str:
     """On a dataset other than MNIST, which training recipes its models use: those its recipe study chose
     (``training_study --dataset``), or, where no study is recorded or the registry differs from it, say so."""
@@ -123,13 +137,15 @@ def main(argv=None):
     ctx = context(args)
     if args.render:
         write_report(ctx)
-        return print(f"re-rendered {ctx.out}/*.md from the JSON")
+        print(f"re-rendered {ctx.out}/*.md from the JSON")
+        return refresh_readme(ctx)
     print("Quick smoke run (not the paper's numbers)." if args.quick else
           f"Full run: {runtime.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of computation recorded in {args.results}/ by "
           "the run that made it (fewer where steps are cached under --workdir).")
     mnist, t0 = common.setup(args), time.time()
     run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
+    refresh_readme(ctx)
     compile_cache.log_stats()
 
 

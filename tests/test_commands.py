@@ -91,3 +91,19 @@ def test_reproduce_on_fashion_mnist_writes_its_own_results_and_the_cross_dataset
     used = units["provenance"]["models_used"]
     assert used and all(len(m["checkpoint_sha256"]) == 64 for m in used.values())
     assert (tmp_path / "cache" / "fashion_mnist.npz").exists()
+
+
+def test_the_readmes_results_block_is_what_the_committed_results_render():
+    from experiments import reproduce
+    from experiments.harness import summary
+    assert summary.current(ROOT / "README.md") == reproduce.readme_block(ROOT / "results"), (
+        "README.md's results block is stale: run `python -m experiments.reproduce --render`")
+
+
+def test_the_results_block_names_every_files_run_and_each_claims_verdict(tmp_path):
+    from experiments import reproduce
+    from experiments.harness import summary
+    (tmp_path / "README.md").write_text(f"# x\n\n{summary.BEGIN}\nold\n{summary.END}\n\ntail\n")
+    assert summary.rewrite(tmp_path / "README.md", "new") and summary.current(tmp_path / "README.md") == "new"
+    assert (tmp_path / "README.md").read_text().endswith("\n\ntail\n")
+    assert "No results yet" in reproduce.readme_block(tmp_path / "none")
