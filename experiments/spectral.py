@@ -18,7 +18,7 @@ from experiments import common
 from experiments.harness import figures, paper, report, verdicts
 from jax.tree_util import Partial
 
-from intriguing_jax import alexnet, attacks, bounds, exact, spectral
+from intriguing_jax import alexnet, attacks, bounds, exact, models, spectral
 
 BOUND_MODELS = ("FC10(1e-4)", "FC100-100-10", "FC200-200-10", "AE400-10", "ConvNet")
 SANDWICH_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10", "AE400-10")  # Table 1
@@ -41,7 +41,8 @@ def sandwich(ctx, mnist, name) -> dict:
     out = spectral.sandwich(spectral.model_layers(model, params, key=ctx.key(8, 2)), params, model.apply(params, x[:n]), res)
     first = attacks.AttackResult(*(np.asarray(a)[:BOUND_IMAGES] for a in res))
     out["bound_propagation"] = {"crown": bounds.sandwich(Partial(model.apply, params), x[:BOUND_IMAGES], first)}
-    if not model.spec.hidden:  # softmax regression: the exact box-constrained minimum is computable
+    if isinstance(model.spec.module, models.MLP) and not model.spec.module.hidden:  # softmax regression: the exact
+        # box-constrained minimum is computable
         out["exact"] = exact_ratio(params["params"]["dense_0"], x[:BOUND_IMAGES], first)
     return out
 

@@ -206,3 +206,13 @@ def test_the_registry_holds_what_each_committed_recipe_study_chose():
         chosen = json.loads(path.read_text()).get("chosen") if path.exists() else None
         if chosen is not None:
             assert chosen == {m: models.DATASET_RECIPES[name].get(m, {}) for m in chosen}, name
+
+
+def test_spectral_sandwich_measures_the_exact_minimum_on_softmax_regression_only(run):
+    """The spectral pipeline's per-model sandwich (the step its tiny run above skips: the full run crashed
+    there once) on a linear model and a net: the attack against the exact minimum only where it exists."""
+    from experiments import spectral
+    ctx, mnist, _ = run
+    linear = spectral.sandwich(ctx, mnist, "FC10(1e-4)")
+    assert linear["exact"]["images"] > 0 and linear["exact"]["ratio_median"] >= 1 - 1e-3
+    assert "exact" not in spectral.sandwich(ctx, mnist, "FC100-100-10")
