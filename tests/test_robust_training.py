@@ -46,7 +46,7 @@ def test_a_population_of_strengths_trains_each_member_with_its_own():
     assert hist[0][1] > hist[0][0]  # the ε = 0.3 member's loss includes its harder examples
 
 
-@pytest.mark.parametrize("hidden, activation", [((), "sigmoid"), ((20,), "relu"), ((16, 12), "sigmoid"), ((16, 12), "relu")])
+@pytest.mark.parametrize("hidden, activation", [((), "sigmoid"), ((16, 12), "sigmoid"), ((16, 12), "relu")])
 def test_ibp_worst_logits_bound_every_point_of_the_ball_and_tighten_to_the_margins_at_zero(hidden, activation):
     spec = models.ModelSpec("t", models.MLP(hidden, activation=activation), {})
     model = models.build(spec)
@@ -57,10 +57,10 @@ def test_ibp_worst_logits_bound_every_point_of_the_ball_and_tighten_to_the_margi
     np.testing.assert_allclose(rt.ibp_worst_logits(model, p, x, y, 0.0), margins, atol=1e-4)
     eps = 0.7
     bound = rt.ibp_worst_logits(model, p, x, y, eps)
-    d = jax.random.normal(jax.random.key(4), (256,) + x.shape)  # random points on and inside the sphere
-    d = d / jnp.linalg.norm(d, axis=-1, keepdims=True) * eps * jax.random.uniform(jax.random.key(5), (256, 1, 1)) ** 0.1
-    z = jax.vmap(lambda dd: model.apply(p, x + dd))(d)
-    seen = z - jnp.take_along_axis(z, jnp.broadcast_to(y[None, :, None], (256, 8, 1)), axis=2)
+    d = jax.random.normal(jax.random.key(4), (128,) + x.shape)  # random points on and inside the sphere
+    d = d / jnp.linalg.norm(d, axis=-1, keepdims=True) * eps * jax.random.uniform(jax.random.key(5), (128, 1, 1)) ** 0.1
+    z = model.apply(p, (x[None] + d).reshape(-1, x.shape[1])).reshape(128, 8, -1)
+    seen = z - jnp.take_along_axis(z, jnp.broadcast_to(y[None, :, None], (128, 8, 1)), axis=2)
     assert bool((seen.max(0) <= bound + 1e-4).all())
     grad = jax.grad(lambda q: rt.IBPLoss(model)(q, (x, y), _member(epsilon=eps), jax.random.key(0)))(p)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grad))
