@@ -21,7 +21,6 @@ its step budget), first call s (compilation included) and steady s (a second cal
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import types
@@ -199,8 +198,8 @@ def main(argv=None):
     mnist = data.load_mnist()
     rows, models_used = [], {}
     for name in args.models:
-        model, params, x, t = matrix.problem(name, mnist, args.workdir, args.images)
-        meta = matrix.trained(name, mnist, args.workdir)[2]
+        model, params, meta = matrix.trained(name, mnist, args.workdir)
+        x, t = matrix.attack_images(model, params, mnist, args.images)
         models_used[name] = {k: meta.get(k) for k in ("recipe", "test_error", "checkpoint_sha256")}
         y = np.asarray(train.predict(model.apply, params, x))
         fn = Partial(jax.jit(model.apply), params)

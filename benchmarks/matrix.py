@@ -157,18 +157,21 @@ def trained(name: str, mnist, workdir="workdir"):
 
 
 def problem(name, mnist, workdir, n):
-    """``(model, params, x, targets)``: matrix entry ``name`` and its first ``n`` correctly classified test
-    images (NHWC for the flax CNN) with seeded random wrong targets."""
+    """``(model, params, x, targets)``: matrix entry ``name`` (or any registry model) and ``attack_images``."""
+    from intriguing_jax import zoo
+    model, params, _ = trained(name, mnist, workdir) if name in MATRIX else zoo.trained(name, mnist, workdir=workdir)
+    return (model, params) + attack_images(model, params, mnist, n)
+
+
+def attack_images(model, params, mnist, n):
+    """``(x, targets)``: the model's first ``n`` correctly classified test images (NHWC for the flax CNN)
+    with seeded random wrong targets."""
     import jax
     import numpy as np
 
-    from intriguing_jax import attacks, train, zoo
-    if name in MATRIX:
-        model, params, _ = trained(name, mnist, workdir)
-    else:  # any other registry model
-        model, params, _ = zoo.trained(name, mnist, workdir=workdir)
+    from intriguing_jax import attacks, train
     images = mnist.test.images.reshape(-1, 28, 28, 1) if getattr(model, "nhwc", False) else mnist.test.images
     pred = train.predict(model.apply, params, images)
     ok = np.flatnonzero(pred == mnist.test.labels)[:n]
     x, y = images[ok], mnist.test.labels[ok]
-    return model, params, x, np.asarray(attacks.random_wrong_targets(jax.random.key(0), y))
+    return x, np.asarray(attacks.random_wrong_targets(jax.random.key(0), y))

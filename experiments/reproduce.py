@@ -20,6 +20,7 @@ import time
 
 from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
 from experiments.harness import cross_dataset, runtime, summary
+from experiments.training_recipes import changes_label
 from intriguing_jax import attacks, compile_cache, data, models, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
@@ -116,7 +117,7 @@ def recipe_status(ctx: common.Context) -> str:
     if differ:
         return (f"**Training recipes: the registry differs from the recipe study** for {', '.join(differ)} "
                 "(`training_study.md`); the models here were trained with the registry's.")
-    changed = [f"{m} ({', '.join(f'{k} {v:g}' for k, v in c.items())})" for m, c in chosen.items() if c]
+    changed = [f"{m} ({changes_label(c)})" for m, c in chosen.items() if c]
     return ("**Training recipes: as the recipe study chose** (`training_study.md`): "
             + (", ".join(changed) if changed else "the registry's recipe for every model it studied") + ".")
 

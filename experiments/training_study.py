@@ -56,7 +56,7 @@ def recipe_study(ctx: common.Context, mnist, names=tuple(RECIPE_CHALLENGERS), se
                 "changes": changes, "config": dataclasses.asdict(cfg), "seeds": [ctx.seed + s for s in seeds],
                 **{f"{s}_errors": e for s, e in errors.items()},
                 "checkpoint_sha256": [meta["checkpoint_sha256"] for _, _, meta in trained],
-                "train_wall_s": sum(meta["provenance"]["wall_time_s"] for _, _, meta in trained),
+                "train_wall_s": sum(runtime.training_cost(meta)["train_wall_s"] for _, _, meta in trained),
                 "this_call_s": time.time() - t0}
         out[name] = {"candidates": candidates, "verdict": verdicts.recipe_choice(name, candidates)._asdict()}
     return out

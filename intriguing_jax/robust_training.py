@@ -233,8 +233,7 @@ class DropoutLoss:
 
     def __call__(self, p, batch, member, key):
         x, y = batch
-        act = {"sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu}[getattr(self.model.spec.module, "activation", "sigmoid")]
-        layers = sorted((k for k in p["params"] if k.startswith("dense_")), key=lambda k: int(k.split("_")[1]))
+        act, layers = _activation(self.model), _dense_layers(p)
 
         def drop(h, rate, k):
             keep = jax.random.bernoulli(k, 1.0 - rate, h.shape)
