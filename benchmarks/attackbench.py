@@ -14,7 +14,8 @@ optimality (Cinà et al. 2024, "AttackBench: evaluating gradient-based attacks f
 E[min(d_best, e)] / E[min(d, e)], d_best the shortest distance any attack found for the image, a failure at
 e, the largest distance found), the per-image ratio to that best (median and largest, over the images the
 attack succeeded on), evaluations per image (one forward + backward pass each: ours as counted, a peer's
-its step budget), first call s (compilation included) and steady s (a second call). Pinned to
+its step budget), first call s (compilation included) and steady s (a second call), and each image's ‖r‖₂
+(None: failed). Pinned to
 ``--threads`` cores; writes ``--out`` (JSON) and prints the table.
 """
 
@@ -154,7 +155,8 @@ def measure(model, params, x, y, goal, targeted: bool, calls: dict) -> list[dict
         out.append({"attack": label, "first_s": walls[0], "steady_s": walls[1], "success": float(ok.mean()),
                     "median_l2": float(np.median(d[ok])) if ok.any() else None,
                     "mean_l2": float(d[ok].mean()) if ok.any() else None, "evals_per_image": evals,
-                    "evals_counted": hasattr(res, "grad_evals")})
+                    "evals_counted": hasattr(res, "grad_evals"),
+                    "l2_per_image": [float(v) if k else None for v, k in zip(d, ok)]})
     opt = optimality(dist)
     best = np.minimum.reduce(list(dist.values()))
     for row in out:

@@ -319,9 +319,22 @@ def _walk_start(logits_fn, images, targets, z, *, shape, cfg):
     return refine.walk_start(images, shorten(_flat(logits_fn, shape), images, targets, z, cfg)[0], cfg.box)
 
 
-def _walk_step(logits_fn, images, targets, k, state, *, shape, cfg):
-    return refine.walk_step(_flat(logits_fn, shape), images, targets, k, state, steps=cfg.walk_steps,
-                            gamma=cfg.walk_gamma, box=cfg.box)
+def _walk_step(logits_fn, images, targets, k, state, steps, gamma, *, shape, cfg):
+    # steps and gamma traced: one program serves the walk and the rescue
+    return refine.walk_step(_flat(logits_fn, shape), images, targets, k, state, steps=steps, gamma=gamma, box=cfg.box)
+
+
+def _rescue_failed(logits_fn, targets, z, *, shape, cfg):
+    return refine.rescue_failed(_flat(logits_fn, shape), targets, z, cfg.box)
+
+
+def _rescue_start(logits_fn, images, targets, z, *, shape, cfg):
+    return refine.rescue_start(_flat(logits_fn, shape), images, targets, z, cfg.box)
+
+
+def _rescue_end(images, z, evals, state, failed, cfg):
+    z, more = refine.rescue_end(images, z, state, failed, cfg.rescue_steps)
+    return z, evals + more
 
 
 def _walk_end(images, z, evals, state, cfg):
@@ -355,6 +368,9 @@ _FINISH = _jit_tiers(_finish_flat, static_argnames=("shape", "cfg", "slots", "wa
 _WALK_START = _jit_tiers(_walk_start, static_argnames=("shape", "cfg"))
 _WALK_STEP = _jit_tiers(_walk_step, static_argnames=("shape", "cfg"), donate_argnums=(4,))
 _WALK_END = _jit_tiers(_walk_end, static_argnames=("cfg",))
+_RESCUE_FAILED = _jit_tiers(_rescue_failed, static_argnames=("shape", "cfg"))
+_RESCUE_START = _jit_tiers(_rescue_start, static_argnames=("shape", "cfg"))
+_RESCUE_END = _jit_tiers(_rescue_end, static_argnames=("cfg",))
 _ATTACKED: dict = {}  # a program's signature -> images attacked with it in this process
 
 
@@ -401,20 +417,34 @@ def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, 
     while bool(_PENDING[tier](carry)):
         carry = _TICK[tier](logits_fn, images, targets, carry, shape=shape, cfg=cfg)
     z, c, evals = carry[1]
-    if cfg.walk_steps:  # the walk stepped from the host too, in blocks of ``slots`` rows (the last padded:
-        # one compilation; 128-row blocks measured 13% slower on the flax CNN, benchmarks/RESULTS.md)
+    if cfg.walk_steps or cfg.rescue_steps:  # the rescue and the walk stepped from the host too, in blocks of
+        # ``slots`` rows (the last padded: one compilation; 128-row blocks measured 13% slower on the flax
+        # CNN, benchmarks/RESULTS.md), the rescue only in blocks with a failure
         n = images.shape[0]
         block = slots
         size = -(-n // block) * block
         xs, zs, ts, es = (storage.pad_rows(a, size) for a in (images, z, targets, evals))
         walked, spent = [], []
+
+        def steps(state, x, tb, count, gamma, first=0):
+            for k in range(first, count + 1):
+                state = _WALK_STEP[tier](logits_fn, x, tb, jnp.asarray(k, jnp.int32), state, jnp.float32(count),
+                                         jnp.float32(gamma), shape=shape, cfg=cfg)
+            return state
+
         for start in range(0, size, block):
             rows = slice(start, start + block)
-            x, zb, tb = xs[rows], zs[rows], ts[rows]
-            state = _WALK_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg)
-            for k in range(cfg.walk_steps + 1):
-                state = _WALK_STEP[tier](logits_fn, x, tb, jnp.asarray(k, jnp.int32), state, shape=shape, cfg=cfg)
-            zb, eb = _WALK_END[tier](x, zb, es[rows], state, cfg=cfg)
+            x, zb, tb, eb = xs[rows], zs[rows], ts[rows], es[rows]
+            if cfg.rescue_steps:
+                failed = _RESCUE_FAILED[tier](logits_fn, tb, zb, shape=shape, cfg=cfg)
+                if bool(jnp.any(failed)):
+                    state = _RESCUE_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg)
+                    state = steps(state, x, tb, cfg.rescue_steps, cfg.rescue_gamma, first=1)
+                    zb, eb = _RESCUE_END[tier](x, zb, eb, state, failed, cfg=cfg)
+            if cfg.walk_steps:
+                state = steps(_WALK_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg), x, tb, cfg.walk_steps,
+                              cfg.walk_gamma)
+                zb, eb = _WALK_END[tier](x, zb, eb, state, cfg=cfg)
             walked.append(zb)
             spent.append(eb)
         z, evals = jnp.concatenate(walked)[:n], jnp.concatenate(spent)[:n]
@@ -482,8 +512,9 @@ def shorten(flat_logits, x, targets, z, cfg):
 
 
 def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True) -> "Outcome":
-    """The result: each successful example shortened to the boundary and walked along it
-    (``cfg.walk_steps``; not when ``walk`` is False: the caller walked it), refined (``cfg.refine``,
+    """The result: each example the search left unsuccessful searched again from its clean image
+    (``cfg.rescue_steps``, ``refine.rescue``), each successful one shortened to the boundary and walked along
+    it (``cfg.walk_steps``; neither when ``walk`` is False: the caller did both), refined (``cfg.refine``,
     ``intriguing_jax.refine``), shortened once more (``shorten``), and every example re-verified on the
     exact returned image. Runs in blocks of ``block`` rows (memory bounded by the block)."""
     n, d = x.shape
@@ -494,9 +525,13 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool =
     def finish(args):
         xb, zb, tb = args
         extra = jnp.zeros(tb.shape, jnp.int32)
+        if cfg.rescue_steps and walk:  # the rows the c search left unsuccessful, searched again from x
+            zb, extra = refine.rescue(flat_logits, xb, tb, zb, steps=cfg.rescue_steps, gamma=cfg.rescue_gamma,
+                                      box=cfg.box)
         if cfg.walk_steps and walk:  # from the example shortened to the boundary
-            zb, extra = refine.walk(flat_logits, xb, tb, shorten(flat_logits, xb, tb, zb, cfg)[0],
-                                    steps=cfg.walk_steps, gamma=cfg.walk_gamma, box=cfg.box)
+            zb, more = refine.walk(flat_logits, xb, tb, shorten(flat_logits, xb, tb, zb, cfg)[0],
+                                   steps=cfg.walk_steps, gamma=cfg.walk_gamma, box=cfg.box)
+            extra = extra + more
         if cfg.refine:
             zb, more = refine.refine(flat_logits, xb, tb, jnp.clip(zb, lo, hi), steps=cfg.refine_steps,
                                      classes=cfg.refine_classes, kappa=cfg.kappa, box=cfg.box)

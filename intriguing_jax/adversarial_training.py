@@ -62,7 +62,7 @@ class AdvTrainConfig:
     # need not be minimal
     attack: attacks.AttackConfig = attacks.AttackConfig(c_steps=3, maxiter=20, c_init=1.0, c_factor=10.0,
                                                         c_search="bisect", history=10, shrink_steps=0,
-                                                        ftol=1e-5, c_rtol=3e-2, walk_steps=0)
+                                                        ftol=1e-5, c_rtol=3e-2, walk_steps=0, rescue_steps=0)
 
     def __post_init__(self):
         if len(set(self.layers)) != len(self.layers) or any(k < 0 for k in self.layers):

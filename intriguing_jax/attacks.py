@@ -80,6 +80,13 @@ class AttackConfig:
         plus one at the start). It finds a better local minimum of the distance where the boundary is
         bumpy (max pooling), where the c search's minimiser and ``refine`` stall. 0: off (the paper's
         cross-entropy minimiser, shortened to the boundary).
+      rescue_steps: after the search, the examples it left unsuccessful are searched again from the clean
+        image by this many decoupled direction-and-norm steps (``refine.rescue``: DDN's, the norm bound
+        starting at the failed attempt's length and changing by ``rescue_gamma`` per step), then shortened
+        and walked like any success. Where the c search's solves stall short of the boundary (a certifiably
+        trained ReLU net, targeted: ``benchmarks/RESULTS.md``) it still crosses it; examples the search solved
+        cost one forward pass, and blocks of ``block_size`` rows with no failure skip it. 0: off (the
+        paper's attack: a failure is reported as one).
       block_size: how many examples are solved at once (one batched evaluation of the model serves them
         all); the others wait and take the place of a finished example at once. ``None``: the backend's
         default (32 on CPU, where each row's L-BFGS memory stays in cache;
@@ -119,6 +126,8 @@ class AttackConfig:
     refine_classes: int = 4
     walk_steps: int = 25
     walk_gamma: float = 0.005
+    rescue_steps: int = 100
+    rescue_gamma: float = 0.05
     execution: Literal["auto", "loop", "stepped"] = "auto"
     compile: Literal["auto", "fast", "optimized"] = "auto"
     # the compilation tier never changes a result (bit-identical), so cached attacks serve every tier
@@ -150,6 +159,9 @@ class AttackConfig:
             raise ValueError(f"compile must be one of {COMPILES}, got {self.compile!r}")
         if self.walk_steps < 0 or not 0 < self.walk_gamma < 1:
             raise ValueError(f"need walk_steps >= 0 and 0 < walk_gamma < 1, got {self.walk_steps}, {self.walk_gamma}")
+        if self.rescue_steps < 0 or not 0 < self.rescue_gamma < 1:
+            raise ValueError(f"need rescue_steps >= 0 and 0 < rescue_gamma < 1, got {self.rescue_steps}, "
+                             f"{self.rescue_gamma}")
         if self.refine_steps < 1 or self.refine_classes < 1:
             raise ValueError(f"need refine_steps >= 1 and refine_classes >= 1, got {self.refine_steps}, "
                              f"{self.refine_classes}")
@@ -158,8 +170,8 @@ class AttackConfig:
     def reproduction(cls) -> "AttackConfig":
         """The attack that made the committed results (``results/``): the defaults before the settings
         study, solves finished to ``ftol=1e-5`` and the c bracket to 3%, no boundary walk (the paper's
-        cross-entropy minimiser, shortened to the boundary)."""
-        return cls(ftol=1e-5, c_rtol=3e-2, walk_steps=0)
+        cross-entropy minimiser, shortened to the boundary; a failure reported as one, no rescue)."""
+        return cls(ftol=1e-5, c_rtol=3e-2, walk_steps=0, rescue_steps=0)
 
     @classmethod
     def smoke(cls) -> "AttackConfig":
@@ -175,7 +187,8 @@ class AttackResult(NamedTuple):
     l2: jax.Array  # [N] ‖adversarial − x‖₂
     linf: jax.Array  # [N] ‖adversarial − x‖∞
     distortion: jax.Array  # [N] the paper's sqrt(Σ r² / n)
-    c: jax.Array  # [N] the c that produced the returned example (inf where x itself reaches the target)
+    c: jax.Array  # [N] the c that produced the returned example (inf where x itself reaches the target; an
+    #               example only ``rescue_steps`` solved: the smallest c its search tried)
     target: jax.Array  # [N] the target label
     prediction: jax.Array  # [N] argmax logits_fn(adversarial)
     grad_evals: jax.Array  # [N] value-and-grad evaluations spent on each example (its row of every

@@ -269,3 +269,72 @@ def walk_end(x, z, state: WalkState, steps: int):
     not ``x`` itself) take the shortest adversarial point seen."""
     walked = state.start & (state.best_norm > 0)
     return jnp.where(walked[:, None], x + state.best, z), jnp.where(walked, steps + 1, 0).astype(jnp.int32)
+
+
+def rescue_failed(flat_logits, targets, z, box):
+    """The rows ``rescue`` searches: ``z`` does not reach the target (one forward pass)."""
+    lo, hi = box
+    return ~leads(flat_logits(jnp.clip(z, lo, hi)), targets)
+
+
+def rescue_start(flat_logits, x, targets, z, box) -> WalkState:
+    """``rescue``'s state after its first step (one value-and-gradient, at ``x``): a step down the
+    normalised gradient to the norm bound ε, the larger of the failed attempt's length ‖z − x‖ and the
+    linearised distance to the target's boundary at ``x`` (the loss over its gradient's norm)."""
+    lo, hi = box
+
+    def loss(v):
+        ce = classification_loss(flat_logits(v), targets)
+        return jnp.sum(ce), ce
+
+    (_, ce), g = jax.value_and_grad(loss, has_aux=True)(x)
+    gn = jnp.maximum(_norm(g), 1e-30)
+    eps = jnp.maximum(_norm(jnp.clip(z, lo, hi) - x), ce / gn)
+    r = jnp.clip(x - (eps / gn)[:, None] * g, lo, hi) - x
+    n = x.shape[0]
+    return WalkState(r=r, eps=eps, best=jnp.zeros_like(x), best_norm=jnp.full((n,), jnp.inf, x.dtype),
+                     start=jnp.zeros((n,), bool))
+
+
+def rescue_end(x, z, state: WalkState, failed, steps: int):
+    """``rescue``'s result ``(z, evals)``: the searched rows that found an adversarial point take the
+    shortest one seen; the others keep ``z``."""
+    found = failed & jnp.isfinite(state.best_norm)
+    return jnp.where(found[:, None], x + state.best, z), jnp.where(failed, steps + 1, 0).astype(jnp.int32)
+
+
+def rescue(flat_logits, x, targets, z, *, steps: int, gamma: float, box):
+    """A second search for the rows where the attack's result ``z`` does not reach the target: ``walk``'s
+    decoupled direction-and-norm steps started at the clean image ``x`` (DDN), the norm bound growing by
+    ``1 + gamma`` after every step that is not adversarial and shrinking by ``1 − gamma`` after one that
+    is, the shortest adversarial point seen kept. The bound starts at the larger of the failed attempt's
+    length and the linearised distance to the boundary at ``x`` (``rescue_start``).
+
+    Where a penalty method's solves stall (on a certifiably trained ReLU net, cross-entropy toward some
+    targets is flat over much of the box, and every c's solve ends short of the boundary), a search whose
+    step length is set by the norm bound, not by the loss's curvature, still crosses it. Rows that reach
+    the target are returned unchanged, at the cost of one forward pass; a block with none skips the search.
+
+    Args:
+      flat_logits: ``[N, D] -> [N, K]``; x: clean images ``[N, D]``; targets: ``[N]``; z: ``[N, D]``.
+      steps: search steps (one value-and-gradient each, plus one at the start: ``steps + 1`` per searched
+        row); gamma: the norm bound's relative change per step.
+      box: (lo, hi).
+
+    Returns:
+      ``(z, evals)``: the examples ``[N, D]`` (a searched row that found an adversarial point: the
+      shortest; else unchanged) and the value-and-gradient evaluations spent per row.
+
+    References:
+      Rony et al. 2019, "Decoupling direction and norm for efficient gradient-based L2 adversarial
+      attacks and defenses" (DDN).
+    """
+    failed = rescue_failed(flat_logits, targets, z, box)
+
+    def search(_):
+        state = rescue_start(flat_logits, x, targets, z, box)
+        state = jax.lax.fori_loop(1, steps + 1, lambda k, st: walk_step(flat_logits, x, targets, k, st, steps=steps,
+                                                                        gamma=gamma, box=box), state)
+        return rescue_end(x, z, state, failed, steps)
+
+    return jax.lax.cond(jnp.any(failed), search, lambda _: (z, jnp.zeros((x.shape[0],), jnp.int32)), None)

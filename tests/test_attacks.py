@@ -442,3 +442,23 @@ def test_untargeted_rows_read_their_best_wrong_class():
                                [-np.log(1 - p[0, 0]), -np.log(p[1, 2])], rtol=1e-5)
     assert refine.reached(jnp.array([1, 2]), codes).tolist() == [True, True]
     assert refine.reached(jnp.array([0, 1]), codes).tolist() == [False, False]
+
+
+def test_examples_the_c_search_leaves_unsuccessful_are_rescued_in_either_execution(mnist, mlp):
+    """A search that cannot succeed (one solve of one iteration at a huge c) leaves failures; the rescue
+    finds them from the clean image and leaves the successes as they were, in the loop and stepped alike."""
+    model, params = mlp
+    x, _, t = correctly_classified(model, params, mnist.test, 8)
+    fn = Partial(model.apply, params)
+    cfg = attacks.AttackConfig(c_init=1e2, c_steps=1, maxiter=1, walk_steps=0, rescue_steps=0, block_size=4)
+    plain = attacks.lbfgs_attack(fn, x, t, config=cfg)
+    failed = ~np.asarray(plain.success)
+    assert failed.sum() >= 4
+    loop, stepped = (attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, rescue_steps=40, execution=e))
+                     for e in ("loop", "stepped"))
+    assert bool(loop.success.all())
+    np.testing.assert_array_equal(np.asarray(loop.adversarial)[~failed], np.asarray(plain.adversarial)[~failed])
+    np.testing.assert_array_equal(np.asarray(loop.grad_evals), np.asarray(plain.grad_evals) + np.where(failed, 41, 0))
+    np.testing.assert_array_equal(np.asarray(stepped.success), np.asarray(loop.success))
+    np.testing.assert_array_equal(np.asarray(stepped.grad_evals), np.asarray(loop.grad_evals))
+    np.testing.assert_allclose(np.asarray(stepped.l2), np.asarray(loop.l2), rtol=1e-4)

@@ -90,3 +90,30 @@ def test_walk_settings_are_checked():
         attacks.AttackConfig(walk_steps=-1)
     with pytest.raises(ValueError, match="walk_gamma"):
         attacks.AttackConfig(walk_gamma=1.5)
+    with pytest.raises(ValueError, match="rescue_steps"):
+        attacks.AttackConfig(rescue_steps=-1)
+    with pytest.raises(ValueError, match="rescue_gamma"):
+        attacks.AttackConfig(rescue_gamma=0.0)
+
+
+def test_rescue_searches_only_the_failed_rows_and_finds_their_targets():
+    fn = _bumpy_model()
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(0.2, 0.8, (32, 24)), jnp.float32)
+    z = jnp.clip(x + jnp.asarray(rng.normal(scale=0.5, size=x.shape), jnp.float32), 0, 1)
+    t = jnp.argmax(fn(z), -1)  # every z reaches its target ...
+    failed = np.arange(32) % 3 == 0
+    t = jnp.where(jnp.asarray(failed), (t + 1 + jnp.arange(32) % 3) % 4, t)  # ... but every third row's
+    failed &= ~np.asarray(refine.leads(fn(z), t))
+    out, evals = refine.rescue(fn, x, t, z, steps=60, gamma=0.05, box=(0.0, 1.0))
+    out, evals = np.asarray(out), np.asarray(evals)
+    np.testing.assert_array_equal(out[~failed], np.asarray(z)[~failed])  # a success is left as it is
+    np.testing.assert_array_equal(evals, np.where(failed, 61, 0))
+    reached = np.asarray(refine.leads(fn(out), t))
+    assert failed.sum() >= 8 and reached[failed].mean() >= 0.75, reached[failed]
+    assert np.all((out >= 0) & (out <= 1))
+    # a block without a failure skips the search: nothing spent
+    ok = ~failed
+    same, spent = refine.rescue(fn, x[ok], t[ok], z[ok], steps=60, gamma=0.05, box=(0.0, 1.0))
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(z)[ok])
+    assert not np.asarray(spent).any()
