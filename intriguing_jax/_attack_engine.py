@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import Partial
 
 from intriguing_jax import lbfgsb, refine, storage
@@ -300,19 +301,20 @@ def _tick(logits_fn, images, targets, carry, *, shape, cfg):
     return sl, out, queued
 
 
-def _streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int) -> "Outcome":
+def _streaming(logits_fn: Partial, images, targets, shape, cfg, slots: int, rescue: bool = True) -> "Outcome":
     """The attack with every example's whole c search in one of ``slots`` solver rows; a finished
     example's slot takes the next waiting example at once, so every batched evaluation serves an
     example still being solved (until the queue runs dry). One while loop: one compilation of one
-    evaluation of the model, whatever the number of c steps."""
+    evaluation of the model, whatever the number of c steps. ``rescue``: the rescue runs inside the program
+    (under an outer jit); the host's caller runs it instead on the failures alone (``rescue_failures``)."""
     carry = _init_carry(images, targets, cfg=cfg, slots=slots)
     step = functools.partial(_tick, logits_fn, images, targets, shape=shape, cfg=cfg)
     _, (z, c, evals), _ = jax.lax.while_loop(_pending, step, carry)
-    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots)
+    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots, rescue=rescue)
 
 
 def _finish_flat(logits_fn, images, targets, z, c, evals, shape, cfg, slots: int, walk: bool = True) -> "Outcome":
-    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots, walk)
+    return finish(_flat(logits_fn, shape), images, targets, z, c, evals, shape, cfg, slots, walk, rescue=False)
 
 
 def _walk_start(logits_fn, images, targets, z, *, shape, cfg):
@@ -322,10 +324,6 @@ def _walk_start(logits_fn, images, targets, z, *, shape, cfg):
 def _walk_step(logits_fn, images, targets, k, state, steps, gamma, *, shape, cfg):
     # steps and gamma traced: one program serves the walk and the rescue
     return refine.walk_step(_flat(logits_fn, shape), images, targets, k, state, steps=steps, gamma=gamma, box=cfg.box)
-
-
-def _rescue_failed(logits_fn, targets, z, *, shape, cfg):
-    return refine.rescue_failed(_flat(logits_fn, shape), targets, z, cfg.box)
 
 
 def _rescue_start(logits_fn, images, targets, z, *, shape, cfg):
@@ -359,7 +357,7 @@ def _jit_tiers(fn, **kw) -> dict:
     return {"optimized": jax.jit(fn, **kw), "fast": jax.jit(fn, compiler_options=FAST_COMPILE, **kw)}
 
 
-_STREAMING = _jit_tiers(_streaming, static_argnames=("shape", "cfg", "slots"))
+_STREAMING = _jit_tiers(_streaming, static_argnames=("shape", "cfg", "slots", "rescue"))
 attack_streaming = _STREAMING["optimized"]  # the program other jitted code inlines (tiers do not apply)
 _INIT = _jit_tiers(_init_carry, static_argnames=("cfg", "slots"))
 _PENDING = _jit_tiers(_pending)
@@ -368,7 +366,6 @@ _FINISH = _jit_tiers(_finish_flat, static_argnames=("shape", "cfg", "slots", "wa
 _WALK_START = _jit_tiers(_walk_start, static_argnames=("shape", "cfg"))
 _WALK_STEP = _jit_tiers(_walk_step, static_argnames=("shape", "cfg"), donate_argnums=(4,))
 _WALK_END = _jit_tiers(_walk_end, static_argnames=("cfg",))
-_RESCUE_FAILED = _jit_tiers(_rescue_failed, static_argnames=("shape", "cfg"))
 _RESCUE_START = _jit_tiers(_rescue_start, static_argnames=("shape", "cfg"))
 _RESCUE_END = _jit_tiers(_rescue_end, static_argnames=("cfg",))
 _ATTACKED: dict = {}  # a program's signature -> images attacked with it in this process
@@ -404,9 +401,81 @@ def tier(mode: str, signature, rows: int) -> str:
     return "fast" if _ATTACKED[signature] <= FAST_ROWS else "optimized"
 
 
-def attack_loop(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized") -> "Outcome":
-    """``_streaming`` compiled in ``tier`` (``TIERS``)."""
-    return _STREAMING[tier](logits_fn, images, targets, shape, cfg, slots)
+def attack_loop(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized",
+                rescue: bool = True) -> "Outcome":
+    """``_streaming`` compiled in ``tier`` (``TIERS``); ``rescue``: the rescue inside the program (else the
+    caller runs ``rescue_failures``)."""
+    return _STREAMING[tier](logits_fn, images, targets, shape, cfg, slots, rescue)
+
+
+def _host_steps(logits_fn, x, targets, state, count: int, gamma: float, shape, cfg, tier, first: int = 0):
+    """Walk steps ``first .. count`` of ``refine.walk_step``, each a jitted call from the host (the walk's and
+    the rescue's steps: one program, ``count`` and ``gamma`` traced)."""
+    for k in range(first, count + 1):
+        state = _WALK_STEP[tier](logits_fn, x, targets, jnp.asarray(k, jnp.int32), state, jnp.float32(count),
+                                 jnp.float32(gamma), shape=shape, cfg=cfg)
+    return state
+
+
+def _padded(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def _blocks(n: int, block: int):
+    """Row slices of ``block`` rows covering ``n`` rows padded to a multiple of ``block``."""
+    return [slice(start, start + block) for start in range(0, _padded(n, block), block)]
+
+
+def _host_walk(logits_fn, images, targets, z, evals, shape, cfg, slots: int, tier):
+    """``refine.walk`` from each example of ``z``, stepped from the host in blocks of ``slots`` rows."""
+    n = images.shape[0]
+    size = _padded(n, slots)
+    xs, zs, ts, es = (storage.pad_rows(a, size) for a in (images, z, targets, evals))
+    walked, spent = [], []
+    for rows in _blocks(n, slots):
+        x, tb = xs[rows], ts[rows]
+        state = _WALK_START[tier](logits_fn, x, tb, zs[rows], shape=shape, cfg=cfg)
+        state = _host_steps(logits_fn, x, tb, state, cfg.walk_steps, cfg.walk_gamma, shape, cfg, tier)
+        zb, eb = _WALK_END[tier](x, zs[rows], es[rows], state, cfg=cfg)
+        walked.append(zb)
+        spent.append(eb)
+    return jnp.concatenate(walked)[:n], jnp.concatenate(spent)[:n]
+
+
+def rescue_failures(logits_fn: Partial, images, targets, out: "Outcome", shape, cfg, slots: int,
+                    tier: str = "optimized") -> "Outcome":
+    """``out`` with the examples it failed on searched again (``refine.rescue``: ``cfg.rescue_steps`` steps
+    from the clean image), then walked, shortened and verified like any result, all stepped from the host
+    on the failures alone, in blocks of ``slots`` rows: an attack with no failure compiles and runs none of
+    it. A rescued example replaces the failure; every searched example's ``grad_evals`` counts the search."""
+    failed = np.flatnonzero(~np.asarray(out.success))
+    if not cfg.rescue_steps or not len(failed):
+        return out
+    m = len(failed)
+    size = _padded(m, slots)
+    x, t = (storage.pad_rows(a[failed], size) for a in (images, targets))
+    z0 = storage.pad_rows(out.adversarial.reshape(images.shape[0], -1)[failed], size)
+    every = jnp.ones((slots,), bool)
+    found, spent = [], []
+    for rows in _blocks(m, slots):
+        state = _RESCUE_START[tier](logits_fn, x[rows], t[rows], z0[rows], shape=shape, cfg=cfg)
+        state = _host_steps(logits_fn, x[rows], t[rows], state, cfg.rescue_steps, cfg.rescue_gamma, shape, cfg,
+                            tier, first=1)
+        zb, eb = _RESCUE_END[tier](x[rows], z0[rows], jnp.zeros((slots,), jnp.int32), state, every, cfg=cfg)
+        found.append(zb)
+        spent.append(eb)
+    z, evals = jnp.concatenate(found), jnp.concatenate(spent)
+    if cfg.walk_steps:
+        z, evals = _host_walk(logits_fn, x, t, z, evals, shape, cfg, slots, tier)
+    c = storage.pad_rows(out.c[failed], size)
+    new = _FINISH[tier](logits_fn, x, t, z, c, evals, shape, cfg, slots, walk=False)
+    ok = np.asarray(new.success[:m])
+    take = failed[ok]
+
+    def merge(old, fresh):
+        return old.at[take].set(fresh[:m][ok].reshape((len(take),) + old.shape[1:]))
+    merged = Outcome(*(merge(o, f) if name != "grad_evals" else o for name, o, f in zip(Outcome._fields, out, new)))
+    return merged._replace(grad_evals=out.grad_evals.at[failed].add(new.grad_evals[:m]))
 
 
 def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, tier: str = "optimized") -> "Outcome":
@@ -417,37 +486,9 @@ def attack_stepped(logits_fn: Partial, images, targets, shape, cfg, slots: int, 
     while bool(_PENDING[tier](carry)):
         carry = _TICK[tier](logits_fn, images, targets, carry, shape=shape, cfg=cfg)
     z, c, evals = carry[1]
-    if cfg.walk_steps or cfg.rescue_steps:  # the rescue and the walk stepped from the host too, in blocks of
-        # ``slots`` rows (the last padded: one compilation; 128-row blocks measured 13% slower on the flax
-        # CNN, benchmarks/RESULTS.md), the rescue only in blocks with a failure
-        n = images.shape[0]
-        block = slots
-        size = -(-n // block) * block
-        xs, zs, ts, es = (storage.pad_rows(a, size) for a in (images, z, targets, evals))
-        walked, spent = [], []
-
-        def steps(state, x, tb, count, gamma, first=0):
-            for k in range(first, count + 1):
-                state = _WALK_STEP[tier](logits_fn, x, tb, jnp.asarray(k, jnp.int32), state, jnp.float32(count),
-                                         jnp.float32(gamma), shape=shape, cfg=cfg)
-            return state
-
-        for start in range(0, size, block):
-            rows = slice(start, start + block)
-            x, zb, tb, eb = xs[rows], zs[rows], ts[rows], es[rows]
-            if cfg.rescue_steps:
-                failed = _RESCUE_FAILED[tier](logits_fn, tb, zb, shape=shape, cfg=cfg)
-                if bool(jnp.any(failed)):
-                    state = _RESCUE_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg)
-                    state = steps(state, x, tb, cfg.rescue_steps, cfg.rescue_gamma, first=1)
-                    zb, eb = _RESCUE_END[tier](x, zb, eb, state, failed, cfg=cfg)
-            if cfg.walk_steps:
-                state = steps(_WALK_START[tier](logits_fn, x, tb, zb, shape=shape, cfg=cfg), x, tb, cfg.walk_steps,
-                              cfg.walk_gamma)
-                zb, eb = _WALK_END[tier](x, zb, eb, state, cfg=cfg)
-            walked.append(zb)
-            spent.append(eb)
-        z, evals = jnp.concatenate(walked)[:n], jnp.concatenate(spent)[:n]
+    if cfg.walk_steps:  # the walk stepped from the host too, in blocks of ``slots`` rows (the last padded:
+        # one compilation; 128-row blocks measured 13% slower on the flax CNN, benchmarks/RESULTS.md)
+        z, evals = _host_walk(logits_fn, images, targets, z, evals, shape, cfg, slots, tier)
     return _FINISH[tier](logits_fn, images, targets, z, c, evals, shape, cfg, slots, walk=False)
 
 
@@ -511,10 +552,11 @@ def shorten(flat_logits, x, targets, z, cfg):
     return jnp.clip(x + jnp.where(ok, scale, 1.0)[:, None] * r, lo, hi), jnp.where(ok, reached, pred)
 
 
-def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True) -> "Outcome":
+def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool = True, rescue: bool = True) -> "Outcome":
     """The result: each example the search left unsuccessful searched again from its clean image
-    (``cfg.rescue_steps``, ``refine.rescue``), each successful one shortened to the boundary and walked along
-    it (``cfg.walk_steps``; neither when ``walk`` is False: the caller did both), refined (``cfg.refine``,
+    (``cfg.rescue_steps``, ``refine.rescue``; not when ``rescue`` is False: the caller does it on the
+    failures alone), each successful one shortened to the boundary and walked along it (``cfg.walk_steps``;
+    not when ``walk`` is False: the caller walked it), refined (``cfg.refine``,
     ``intriguing_jax.refine``), shortened once more (``shorten``), and every example re-verified on the
     exact returned image. Runs in blocks of ``block`` rows (memory bounded by the block)."""
     n, d = x.shape
@@ -525,7 +567,7 @@ def finish(flat_logits, x, targets, z, c, evals, shape, cfg, block, walk: bool =
     def finish(args):
         xb, zb, tb = args
         extra = jnp.zeros(tb.shape, jnp.int32)
-        if cfg.rescue_steps and walk:  # the rows the c search left unsuccessful, searched again from x
+        if cfg.rescue_steps and rescue:  # the rows the c search left unsuccessful, searched again from x
             zb, extra = refine.rescue(flat_logits, xb, tb, zb, steps=cfg.rescue_steps, gamma=cfg.rescue_gamma,
                                       box=cfg.box)
         if cfg.walk_steps and walk:  # from the example shortened to the boundary

@@ -251,24 +251,45 @@ def lbfgs_attack(logits_fn: LogitsFn, images: jax.Array, targets: jax.Array, *,
     return _attack(logits_fn, images, targets, cfg)
 
 
-def _attack(logits_fn, images, targets, cfg: AttackConfig) -> AttackResult:
-    """``lbfgs_attack`` on validated arguments; ``targets`` may hold untargeted rows (``refine.untargeted``)."""
+def _attack(logits_fn, images, targets, cfg: AttackConfig, rescue: bool = True) -> AttackResult:
+    """``lbfgs_attack`` on validated arguments; ``targets`` may hold untargeted rows (``refine.untargeted``).
+    ``rescue=False``: no rescue on concrete input (the caller rescues what its candidates together fail
+    on, ``_rescue``); under an outer jit the rescue always runs inside the program."""
     images = jnp.asarray(images, jnp.float32)
     shape = tuple(images.shape[1:])
     flat = images.reshape(images.shape[0], -1)
     targets = jnp.asarray(targets, jnp.int32)
     if cfg.solver == "jaxopt":
         return AttackResult(*_engine.attack_lockstep(_engine.as_partial(logits_fn), flat, targets, shape, cfg))
-    slots = min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
-    fn = _engine.as_partial(logits_fn)
+    slots, fn = _slots(flat, cfg), _engine.as_partial(logits_fn)
+    if not validate.is_concrete(images):  # inlined into the caller's program, compiled as the caller's
+        return AttackResult(*_engine.attack_loop(fn, flat, targets, shape, cfg, slots, "optimized", rescue=True))
     stepped = _stepped(fn, images, cfg)
-    if validate.is_concrete(images):
-        signature = (stepped, jax.tree.structure(fn), flat.shape, shape, cfg, slots)
-        tier = _engine.tier(cfg.compile, signature, flat.shape[0])
-    else:  # inlined into the caller's program, compiled as the caller's
-        tier = "optimized"
-    run = _engine.attack_stepped if stepped else _engine.attack_loop
-    return AttackResult(*run(fn, flat, targets, shape, cfg, slots, tier))
+    tier = _tier(fn, flat, shape, cfg, slots, stepped)
+    out = AttackResult(*(_engine.attack_stepped(fn, flat, targets, shape, cfg, slots, tier) if stepped
+                         else _engine.attack_loop(fn, flat, targets, shape, cfg, slots, tier, rescue=False)))
+    return _rescue(logits_fn, images, targets, out, cfg) if rescue else out
+
+
+def _slots(flat, cfg: AttackConfig) -> int:
+    return min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
+
+
+def _tier(fn, flat, shape, cfg: AttackConfig, slots: int, stepped: bool) -> str:
+    return _engine.tier(cfg.compile, (stepped, jax.tree.structure(fn), flat.shape, shape, cfg, slots), flat.shape[0])
+
+
+def _rescue(logits_fn, images, targets, out: AttackResult, cfg: AttackConfig) -> AttackResult:
+    """``out`` with its failures searched again (``cfg.rescue_steps``; ``_engine.rescue_failures``: programs
+    compiled and run only where there is a failure). Concrete input only."""
+    if not cfg.rescue_steps or cfg.solver == "jaxopt" or bool(np.all(np.asarray(out.success))):
+        return out
+    images = jnp.asarray(images, jnp.float32)
+    flat = images.reshape(images.shape[0], -1)
+    fn, slots = _engine.as_partial(logits_fn), _slots(flat, cfg)
+    tier = _tier(fn, flat, tuple(images.shape[1:]), cfg, slots, _stepped(fn, images, cfg))
+    return AttackResult(*_engine.rescue_failures(fn, flat, jnp.asarray(targets, jnp.int32), _engine.Outcome(*out),
+                                                 tuple(images.shape[1:]), cfg, slots, tier))
 
 
 def _stepped(fn, images, cfg: AttackConfig) -> bool:
@@ -315,19 +336,24 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
     Returns:
       ``AttackResult`` per image: the successful example with the smallest ‖r‖₂ found (``target``: the
       class it reaches; ``grad_evals``: every solve's evaluations for the image together, plus K gradients
-      for the nearest-class estimate where it is used). An image the model already misclassifies is its
+      for the nearest-class estimate where it is used, plus the rescue's where no candidate succeeded:
+      ``config.rescue_steps`` runs once per image, untargeted, after the candidates, not per candidate). An image the model already misclassifies is its
       own closest adversarial (l2 = 0).
     """
     cfg = config or AttackConfig()
     nearest = _nearest_count(search)
     k = _validate(logits_fn, images, labels, cfg.box, targets_name="labels")
+    away = refine.untargeted(jnp.asarray(labels, jnp.int32))
     if isinstance(search, str) and search.startswith("one"):
-        one = _attack(logits_fn, images, refine.untargeted(jnp.asarray(labels, jnp.int32)), cfg)
-        if not nearest:
-            return one
-        near = _over_targets(logits_fn, images, labels, k, min(nearest, k - 1), cfg, max_rows)
-        return _shortest(jax.tree.map(lambda *a: jnp.stack(a, axis=1), one, near))
-    return _over_targets(logits_fn, images, labels, k, k - 1 if search == "all" else min(search, k - 1), cfg, max_rows)
+        best = _attack(logits_fn, images, away, cfg, rescue=False)
+        if nearest:
+            near = _over_targets(logits_fn, images, labels, k, min(nearest, k - 1), cfg, max_rows)
+            best = _shortest(jax.tree.map(lambda *a: jnp.stack(a, axis=1), best, near))
+    else:
+        best = _over_targets(logits_fn, images, labels, k, k - 1 if search == "all" else min(search, k - 1), cfg,
+                             max_rows)
+    # an image no candidate reached a wrong class on is searched again, untargeted
+    return _rescue(logits_fn, images, away, best, cfg) if validate.is_concrete(images) else best
 
 
 def _over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig, max_rows: int) -> AttackResult:
@@ -389,7 +415,7 @@ def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: Attack
         wrong = (labels[:, None] + jnp.arange(1, k)[None, :]) % k  # [N, K-1], never the label
     else:  # the m nearest by the linearised estimate
         wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
-    res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg)
+    res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg, rescue=False)
     best = _shortest(jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res))
     return best if m == k - 1 else best._replace(grad_evals=best.grad_evals + k)  # the estimate's K gradients
 

@@ -52,12 +52,11 @@ def test_the_counter_sees_a_compilation():
 
 
 def test_error_rate_and_layer_activations_compile_once():
+    # (a test run earlier in this process may have compiled them already: only the repeat is checked)
     other = MODEL.init(jax.random.key(1))  # new weights, same shapes: no recompilation either
-    first, second = _twice(lambda: train.error_rate(MODEL.apply, PARAMS, MNIST.test))
-    assert first >= 1 and second == 0
+    assert _twice(lambda: train.error_rate(MODEL.apply, PARAMS, MNIST.test))[1] == 0
     assert _twice(lambda: train.error_rate(MODEL.apply, other, MNIST.test)) == (0, 0)
-    first, second = _twice(lambda: units.layer_activations(MODEL, PARAMS, MNIST.test.images, 1))
-    assert first >= 1 and second == 0
+    assert _twice(lambda: units.layer_activations(MODEL, PARAMS, MNIST.test.images, 1))[1] == 0
     assert _twice(lambda: units.layer_activations(models.build("FC100-100-10"), other, MNIST.test.images, 1)) == (0, 0)
 
 

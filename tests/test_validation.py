@@ -3,6 +3,7 @@ placements — each call returns a valid result or raises the documented ValueEr
 oracle predicts — and the soundness of ``certified_radius`` on random small nets against a PGD search."""
 
 import dataclasses
+import functools
 import warnings
 
 import jax
@@ -164,22 +165,30 @@ def test_other_entry_points_refuse_bad_input():
 H = 8
 
 
+def _conv(p, x):  # 4×4 image, 3×3 convolution with 2 channels, ReLU, 2×2 average pooling, dense
+    h = jax.lax.conv_general_dilated(x.reshape(-1, 4, 4, 1), p["kern"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h).reshape(-1, 2, 2, 2, 2, 2).mean(axis=(2, 4))  # average pooling
+    return h.reshape(h.shape[0], -1) @ p["dense"]
+
+
+def _mlp(act, p, x):
+    return act(act(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"]) @ p["w2"]) @ p["w3"]
+
+
+# one function per kind, its weights bound as traced arguments: the attack compiles once per kind
+_APPLY = {"conv": _conv, **{k: functools.partial(_mlp, a) for k, a in
+                            (("relu", jax.nn.relu), ("sigmoid", jax.nn.sigmoid), ("tanh", jnp.tanh))}}
+
+
 def _net(kind, key):
     k = jax.random.split(key, 4)
-    if kind == "conv":  # 4×4 image, 3×3 convolution with 2 channels, ReLU, 2×2 average pooling, dense
-        kern = jax.random.normal(k[0], (3, 3, 1, 2))
-        dense = jax.random.normal(k[1], (2 * 2 * 2, K))
-
-        def f(x):
-            h = jax.lax.conv_general_dilated(x.reshape(-1, 4, 4, 1), kern, (1, 1), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            h = jax.nn.relu(h).reshape(-1, 2, 2, 2, 2, 2).mean(axis=(2, 4))  # average pooling
-            return h.reshape(h.shape[0], -1) @ dense
-        return f
-    act = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[kind]
-    w1, b1 = jax.random.normal(k[0], (16, H)), jax.random.normal(k[1], (H,)) * 0.1
-    w2, w3 = jax.random.normal(k[2], (H, H)) / np.sqrt(H), jax.random.normal(k[3], (H, K))
-    return lambda x: act(act(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2) @ w3
+    if kind == "conv":
+        p = {"kern": jax.random.normal(k[0], (3, 3, 1, 2)), "dense": jax.random.normal(k[1], (2 * 2 * 2, K))}
+    else:
+        p = {"w1": jax.random.normal(k[0], (16, H)), "b1": jax.random.normal(k[1], (H,)) * 0.1,
+             "w2": jax.random.normal(k[2], (H, H)) / np.sqrt(H), "w3": jax.random.normal(k[3], (H, K))}
+    return Partial(_APPLY[kind], p)
 
 
 def _pgd(f, x, y, radius, steps=60, restarts=3, seed=0):
