@@ -35,7 +35,7 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (24, 784)).astype(np.float32)
     labels = rng.integers(0, 10, 24)
-    spec = sweep.SweepSpec(models=("tiny", "tiny2"), configs=(attacks.AttackConfig(c_steps=3, maxiter=15),),
+    spec = sweep.SweepSpec(models=("tiny", "tiny2"), configs=(attacks.AttackConfig(c_steps=3, maxiter=15, rescue_steps=0),),
                            num_images=12, targets="all", shard_size=16, device_batch=4)
     res = sweep.run_sweep(spec, fns, images, labels, args.out)
     if res is not None:

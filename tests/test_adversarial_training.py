@@ -9,7 +9,7 @@ from intriguing_jax import adversarial_training as at
 from intriguing_jax import attacks, models, train
 
 TINY = models.build(models.ModelSpec("tiny", models.MLP((8, 6)), {}, epochs=2))
-FAST = attacks.AttackConfig(c_steps=2, maxiter=10)
+FAST = attacks.AttackConfig(c_steps=2, maxiter=10, rescue_steps=0)
 CFG = train.TrainConfig(epochs=2, batch_size=50)
 
 
@@ -32,7 +32,7 @@ def test_replace_fills_empty_slots_first_and_writes_only_valid_points(key):
 def test_generate_keeps_only_successful_attacks_unless_asked(tiny_mnist, key):
     params = TINY.init(key)
     x, y = tiny_mnist.train.images[:16], tiny_mnist.train.labels[:16]
-    weak = attacks.AttackConfig(c_steps=1, maxiter=2, c_init=10.0)  # too short to reach most targets
+    weak = attacks.AttackConfig(c_steps=1, maxiter=2, c_init=10.0, rescue_steps=0)  # too short to reach most targets
     pool, stats = at.generate(TINY, params, 0, x, y, key, weak)
     targets = np.asarray(attacks.random_wrong_targets(key, y))
     reached = np.asarray(TINY.apply(params, pool.points)).argmax(1) == targets
@@ -56,7 +56,7 @@ def test_generate_keeps_only_successful_attacks_unless_asked(tiny_mnist, key):
 def test_generate_makes_adversarial_points_in_each_layers_space(tiny_mnist, key, layer, width):
     params = TINY.init(key)
     x, y = tiny_mnist.train.images[:12], tiny_mnist.train.labels[:12]
-    pool, stats = at.generate(TINY, params, layer, x, y, key, attacks.AttackConfig(c_steps=4, maxiter=30))
+    pool, stats = at.generate(TINY, params, layer, x, y, key, attacks.AttackConfig(c_steps=4, maxiter=30, rescue_steps=0))
     pts = np.asarray(pool.points)
     assert pts.shape == (12, width) and pts.min() >= 0 and pts.max() <= 1
     np.testing.assert_array_equal(np.asarray(pool.labels), y)

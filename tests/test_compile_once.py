@@ -79,7 +79,7 @@ def test_training_compiles_once_per_recipe():
 
 def test_adversarial_training_compiles_once_per_recipe():
     adv = adversarial_training.AdvTrainConfig(layers=(2,), pool_size=64, refresh_every=2, refresh_count=16,
-                                              pool_batch=8, attack=attacks.AttackConfig(c_steps=1, maxiter=3))
+                                              pool_batch=8, attack=attacks.AttackConfig(c_steps=1, maxiter=3, rescue_steps=0))
 
     def fit():
         return adversarial_training.fit(MODEL, MNIST.train, jax.random.key(0), SMALL, adv)

@@ -81,8 +81,8 @@ def test_no_worse_than_jaxopt_on_a_nonquadratic_problem():
     lo, hi = -0.5, 0.5
     ours = lbfgsb.minimize(vg, jnp.zeros((n, d)), lo, hi, (W, b), maxiter=200, tol=1e-6, ftol=0.0)
     solver = jaxopt.LBFGSB(fun=f, maxiter=200, tol=1e-6)
-    ref = jax.vmap(lambda W, b: solver.run(jnp.zeros(d), bounds=(jnp.full(d, lo), jnp.full(d, hi)),
-                                           W=W, b=b).params)(W, b)
+    ref = jax.jit(jax.vmap(lambda W, b: solver.run(jnp.zeros(d), bounds=(jnp.full(d, lo), jnp.full(d, hi)),
+                                                   W=W, b=b).params))(W, b)  # jitted: eager, it runs op by op
     ref = jnp.clip(ref, lo, hi)
     f_ours, f_ref = jax.vmap(f)(ours.x, W, b), jax.vmap(f)(ref, W, b)
     assert np.all(np.asarray(f_ours) <= np.asarray(f_ref) * (1 + 1e-5)), (f_ours, f_ref)

@@ -26,7 +26,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
     ctx = common.Context(str(root / "work"), str(root / "results"), seed=0,
                          train_cfg=train.TrainConfig(epochs=1, batch_size=64, ae_epochs=1),
-                         attack_cfg=attacks.AttackConfig(c_steps=4, maxiter=30), num_images=6, chunk_size=4)
+                         attack_cfg=attacks.AttackConfig(c_steps=4, maxiter=30, rescue_steps=0), num_images=6, chunk_size=4)
     report = reproduce.run_all(ctx, mnist, only=ONLY, **OVERRIDES)
     return ctx, mnist, report
 
@@ -92,7 +92,7 @@ def test_adversarial_training_study_picks_each_layer_sets_best_and_renders(tmp_p
     mnist = data._to_mnist(synthetic_mnist(), "synthetic")
     ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), seed=0,
                          train_cfg=train.TrainConfig(epochs=1, batch_size=64),
-                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10), num_images=4, chunk_size=4)
+                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10, rescue_steps=0), num_images=4, chunk_size=4)
     study = (adv.BASELINE, "input, mix 0.2", "input, mix 0.1")
     result = adv.run(ctx, mnist, study=study, seeds=(0,), study_seeds=(0,))
     assert [e["configuration"] for e in result["study"]] == list(study)
@@ -133,7 +133,7 @@ def test_positive_controls_train_as_populations_and_join_the_pools_report(tmp_pa
     mnist = data._to_mnist(synthetic_mnist(), "synthetic")
     ctx = common.Context(str(tmp_path / "work"), str(tmp_path / "results"), seed=0,
                          train_cfg=train.TrainConfig(epochs=1, batch_size=64),
-                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10), num_images=4, chunk_size=4)
+                         attack_cfg=attacks.AttackConfig(c_steps=2, maxiter=10, rescue_steps=0), num_images=4, chunk_size=4)
     from experiments import table1
     t1 = table1.run(ctx, mnist, model_names=(adv.MODEL,))
     pools = adv.run(ctx, mnist, study=(adv.BASELINE, "input, mix 0.2"), seeds=(0,), study_seeds=(0,))

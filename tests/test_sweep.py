@@ -97,7 +97,7 @@ def test_corrupt_shard_is_detected_and_recomputed(reference, tmp_path):
 
 
 def _worker_spec():
-    return sweep.SweepSpec(models=("tiny", "tiny2"), configs=(attacks.AttackConfig(c_steps=3, maxiter=15),),
+    return sweep.SweepSpec(models=("tiny", "tiny2"), configs=(attacks.AttackConfig(c_steps=3, maxiter=15, rescue_steps=0),),
                            num_images=12, targets="all", shard_size=16, device_batch=4)
 
 

@@ -18,7 +18,7 @@ from intriguing_jax import attacks, bounds, spectral, transfer, validate
 
 D, K = 8, 3
 W = np.random.default_rng(0).normal(size=(D, K)).astype(np.float32)
-CFG = attacks.AttackConfig(c_steps=3, maxiter=15, walk_steps=0)
+CFG = attacks.AttackConfig(c_steps=3, maxiter=15, walk_steps=0, rescue_steps=0)
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
