@@ -84,9 +84,10 @@ class AttackConfig:
         image by this many decoupled direction-and-norm steps (``refine.rescue``: DDN's, the norm bound
         starting at the failed attempt's length and changing by ``rescue_gamma`` per step), then shortened
         and walked like any success. Where the c search's solves stall short of the boundary (a certifiably
-        trained ReLU net, targeted: ``benchmarks/RESULTS.md``) it still crosses it; examples the search solved
-        cost one forward pass, and blocks of ``block_size`` rows with no failure skip it. 0: off (the
-        paper's attack: a failure is reported as one).
+        trained ReLU net, targeted: ``benchmarks/RESULTS.md``) it still crosses it. It runs on the failures
+        alone, in programs compiled only when there is one (under an outer jit: inside the program, where
+        blocks of ``block_size`` rows with no failure skip it); the untargeted search rescues an image once,
+        when none of its candidates succeeded. 0: off (the paper's attack: a failure is reported as one).
       block_size: how many examples are solved at once (one batched evaluation of the model serves them
         all); the others wait and take the place of a finished example at once. ``None``: the backend's
         default (32 on CPU, where each row's L-BFGS memory stays in cache;

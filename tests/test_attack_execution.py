@@ -186,7 +186,7 @@ def test_examples_the_c_search_leaves_unsuccessful_are_rescued_in_either_executi
     np.testing.assert_array_equal(np.asarray(loop.adversarial)[~failed], np.asarray(plain.adversarial)[~failed])
     np.testing.assert_array_equal(np.asarray(loop.grad_evals), np.asarray(plain.grad_evals) + np.where(failed, 41, 0))
     jitted = jax.jit(lambda xx: attacks.lbfgs_attack(fn, xx, t, config=dataclasses.replace(cfg, rescue_steps=40)))(x)
-    for other in (jitted,):  # on the host, the failures alone (loop or stepped: one code); under jit, inside
-        np.testing.assert_array_equal(np.asarray(other.success), np.asarray(loop.success))
-        np.testing.assert_array_equal(np.asarray(other.grad_evals), np.asarray(loop.grad_evals))
-        np.testing.assert_allclose(np.asarray(other.l2), np.asarray(loop.l2), rtol=1e-4)
+    # on the host, the failures alone (after the loop or the stepped loop: one code); under jit, inside
+    np.testing.assert_array_equal(np.asarray(jitted.success), np.asarray(loop.success))
+    np.testing.assert_array_equal(np.asarray(jitted.grad_evals), np.asarray(loop.grad_evals))
+    np.testing.assert_allclose(np.asarray(jitted.l2), np.asarray(loop.l2), rtol=1e-4)
