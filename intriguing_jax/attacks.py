@@ -276,8 +276,11 @@ def _slots(flat, cfg: AttackConfig) -> int:
     return min(cfg.block_size or _engine.default_block_size(), flat.shape[0])
 
 
-def _tier(fn, flat, shape, cfg: AttackConfig, slots: int, stepped: bool) -> str:
-    return _engine.tier(cfg.compile, (stepped, jax.tree.structure(fn), flat.shape, shape, cfg, slots), flat.shape[0])
+def _tier(fn, flat, shape, cfg: AttackConfig, slots: int, stepped: bool, count: bool = True) -> str:
+    """The compilation tier for this call; ``count=False``: without counting its images toward the fast tier's
+    budget again (the rescue re-attacks images a call already counted)."""
+    return _engine.tier(cfg.compile, (stepped, jax.tree.structure(fn), flat.shape, shape, cfg, slots),
+                        flat.shape[0] if count else 0)
 
 
 def _rescue(logits_fn, images, targets, out: AttackResult, cfg: AttackConfig) -> AttackResult:
@@ -288,7 +291,7 @@ def _rescue(logits_fn, images, targets, out: AttackResult, cfg: AttackConfig) ->
     images = jnp.asarray(images, jnp.float32)
     flat = images.reshape(images.shape[0], -1)
     fn, slots = _engine.as_partial(logits_fn), _slots(flat, cfg)
-    tier = _tier(fn, flat, tuple(images.shape[1:]), cfg, slots, _stepped(fn, images, cfg))
+    tier = _tier(fn, flat, tuple(images.shape[1:]), cfg, slots, _stepped(fn, images, cfg), count=False)
     return AttackResult(*_engine.rescue_failures(fn, flat, jnp.asarray(targets, jnp.int32), _engine.Outcome(*out),
                                                  tuple(images.shape[1:]), cfg, slots, tier))
 

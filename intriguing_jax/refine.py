@@ -271,12 +271,6 @@ def walk_end(x, z, state: WalkState, steps: int):
     return jnp.where(walked[:, None], x + state.best, z), jnp.where(walked, steps + 1, 0).astype(jnp.int32)
 
 
-def rescue_failed(flat_logits, targets, z, box):
-    """The rows ``rescue`` searches: ``z`` does not reach the target (one forward pass)."""
-    lo, hi = box
-    return ~leads(flat_logits(jnp.clip(z, lo, hi)), targets)
-
-
 def rescue_start(flat_logits, x, targets, z, box) -> WalkState:
     """``rescue``'s state after its first step (one value-and-gradient, at ``x``): a step down the
     normalised gradient to the norm bound ε, the larger of the failed attempt's length ‖z − x‖ and the
@@ -329,7 +323,7 @@ def rescue(flat_logits, x, targets, z, *, steps: int, gamma: float, box):
       Rony et al. 2019, "Decoupling direction and norm for efficient gradient-based L2 adversarial
       attacks and defenses" (DDN).
     """
-    failed = rescue_failed(flat_logits, targets, z, box)
+    failed = ~leads(flat_logits(jnp.clip(z, *box)), targets)  # the rows searched: one forward pass
 
     def search(_):
         state = rescue_start(flat_logits, x, targets, z, box)

@@ -170,10 +170,11 @@ def test_a_rejected_fast_tier_falls_back_once_and_says_so(monkeypatch, mlp):
         _engine.fast_tier_available.cache_clear()
 
 
-def test_examples_the_c_search_leaves_unsuccessful_are_rescued_in_either_execution(mnist, mlp):
+def test_examples_the_c_search_leaves_unsuccessful_are_rescued_in_either_execution(mnist, mlp, monkeypatch):
     """A search that cannot succeed (one solve of one iteration at a huge c) leaves failures; the rescue
     finds them from the clean image and leaves the successes as they were: on the host (the failures alone,
-    after the loop or the stepped loop) and inside an outer jit alike."""
+    after the loop or the stepped loop) and inside an outer jit alike. The images a call attacks count once
+    toward the fast tier's budget, rescued or not."""
     model, params = mlp
     x, _, t = correctly_classified(model, params, mnist.test, 8)
     fn = Partial(model.apply, params)
@@ -181,8 +182,10 @@ def test_examples_the_c_search_leaves_unsuccessful_are_rescued_in_either_executi
     plain = attacks.lbfgs_attack(fn, x, t, config=cfg)
     failed = ~np.asarray(plain.success)
     assert failed.sum() >= 4
+    monkeypatch.setattr(_engine, "_ATTACKED", {})
     loop = attacks.lbfgs_attack(fn, x, t, config=dataclasses.replace(cfg, rescue_steps=40, execution="loop"))
     assert bool(loop.success.all())
+    assert list(_engine._ATTACKED.values()) == ([len(x)] if jax.default_backend() == "cpu" else [])
     np.testing.assert_array_equal(np.asarray(loop.adversarial)[~failed], np.asarray(plain.adversarial)[~failed])
     np.testing.assert_array_equal(np.asarray(loop.grad_evals), np.asarray(plain.grad_evals) + np.where(failed, 41, 0))
     jitted = jax.jit(lambda xx: attacks.lbfgs_attack(fn, xx, t, config=dataclasses.replace(cfg, rescue_steps=40)))(x)
