@@ -1,34 +1,44 @@
 """Reproduce the paper's MNIST results (Tables 1–5, Figs. 1, 2, 5, 7, units, adversarial training) in results/.
 
     python -m experiments.reproduce            # full run (hours on a 2-core CPU; it prints what results/ records)
+    python -m experiments.reproduce --jobs 2   # the same, two pipelines at a time (one process per core)
     python -m experiments.reproduce --quick    # smoke run: 1 epoch, 16 images, into results_quick/
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
     python -m experiments.reproduce --render        # no computation: Markdown re-rendered from the JSON
     python -m experiments.reproduce --dataset fashion_mnist   # the same pipelines into results/fashion_mnist/
 
 Pipelines reuse what is cached under --workdir (checkpoints, attack chunks): an interrupted run resumes
-where it stopped. REPORT.md is assembled from every JSON result present in --results.
+where it stopped. REPORT.md is assembled from every JSON result present in --results; a run of every
+pipeline also writes run.json there (its command, commit, wall time and each pipeline's seconds).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
-from experiments import adversarial_training, common, cross_model, cross_training, spectral, table1, units
+from experiments import adversarial_training, advtrain_controls, common, cross_model, cross_training, spectral, table1, units
 from experiments.harness import cross_dataset, runtime, summary
 from experiments.training_recipes import changes_label
-from intriguing_jax import attacks, compile_cache, data, models, storage, train
+from intriguing_jax import attacks, compile_cache, data, models, provenance, storage, train
 
 # name -> (module with run/render, JSON file it writes, its Markdown section); run in this order.
 PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
              "table2": (cross_model, "table2.json", "table2_cross_model.md"),
              "table3": (cross_training, "table3_4.json", "table3_4_cross_training.md"),
              "units": (units, "units.json", "units.md"), "spectral": (spectral, "spectral.json", "spectral.md"),
-             "advtrain": (adversarial_training, "adversarial_training.json", "adversarial_training.md")}
+             "advtrain": (adversarial_training, "adversarial_training.json", "adversarial_training.md"),
+             "controls": (advtrain_controls, "adversarial_training_controls.json", "adversarial_training_controls.md")}
+# the order a parallel run (--jobs) starts them in: the longest first, so the others fill the remaining cores
+LONGEST_FIRST = ("advtrain", "controls", "table1", "spectral", "table3", "units", "table2")
+RUN_RECORD = "run.json"
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
 
@@ -49,11 +59,101 @@ def context(args) -> common.Context:
 def run_all(ctx: common.Context, mnist, only=None, **overrides) -> str:
     """Runs the selected pipelines in order (``overrides[name]`` are extra keyword arguments for one
     pipeline's ``run``, e.g. fewer models in tests), then assembles and writes REPORT.md."""
+    run_pipelines(ctx, mnist, only, **overrides)
+    return write_report(ctx)
+
+
+def run_pipelines(ctx: common.Context, mnist, only=None, **overrides) -> dict[str, float]:
+    """Runs the selected pipelines in order in this process; returns each one's seconds."""
+    seconds = {}
     for name, (module, _, _) in ((n, p) for n, p in PIPELINES.items() if not only or n in only):
         t0 = time.time()
         module.run(ctx, mnist, **overrides.get(name, {}))
-        print(f"[{name}] done in {time.time() - t0:.0f} s")
-    return write_report(ctx)
+        seconds[name] = round(time.time() - t0, 1)
+        print(f"[{name}] done in {seconds[name]:.0f} s")
+    return seconds
+
+
+def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 1.0) -> dict[str, float]:
+    """Runs one process per pipeline, ``command(name)`` (an argv), at most ``jobs`` at once, started in the
+    order of ``names``; where the process may use at least ``jobs`` cores, each runs pinned to a core of its
+    own (two XLA processes sharing cores slow each other's small ops many-fold). Each process's output goes to
+    ``logs/<name>.log``. Processes share the workdir: a checkpoint two of them need is trained once
+    (``zoo.trained_seeds``). A failure does not stop the others (what they compute is kept).
+
+    Returns:
+      Each pipeline's seconds.
+
+    Raises:
+      RuntimeError: naming every pipeline whose process failed and its log.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pending, running, free, seconds, failed = list(names), {}, list(range(jobs)), {}, []
+    try:
+        while pending or running:
+            while pending and free:
+                name, slot = pending.pop(0), free.pop(0)
+                pin = {cores[slot]} if jobs > 1 and len(cores) >= jobs else None
+                log = open(logs / f"{name}.log", "w")
+                proc = subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT,
+                                        preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+                running[proc] = (name, slot, time.time(), log)
+                print(f"[{name}] started" + (f" on core {min(pin)}" if pin else "") + f"; log: {logs / (name + '.log')}")
+            time.sleep(poll_s)
+            for proc in [p for p in running if p.poll() is not None]:
+                name, slot, t0, log = running.pop(proc)
+                log.close()
+                free.append(slot)
+                seconds[name] = round(time.time() - t0, 1)
+                if proc.returncode:
+                    failed.append(name)
+                print(f"[{name}] {'failed (exit %d)' % proc.returncode if proc.returncode else 'done'} in {seconds[name]:.0f} s")
+    finally:  # interrupted: stop the children (their finished steps stay cached)
+        for proc, (_, _, _, log) in running.items():
+            proc.terminate()
+            proc.wait()
+            log.close()
+    if failed:
+        raise RuntimeError("pipeline(s) failed: " + ", ".join(f"{n} (see {logs / (n + '.log')})" for n in failed))
+    return seconds
+
+
+def child_command(args, name: str) -> list[str]:
+    """The argv of the process that runs pipeline ``name`` of a parallel run: this run's settings (``args``
+    as given, before the dataset's subfolders are added), that pipeline only, no report."""
+    argv = [sys.executable, "-m", "experiments.reproduce", "--only", name, "--no-report", "--workdir", args.workdir,
+            "--results", args.results, "--dataset", args.dataset, "--data-source", args.data_source,
+            "--seed", str(args.seed)]
+    argv += ["--quick"] * args.quick + ["--no-compile-cache"] * args.no_compile_cache
+    argv += ["--num-images", str(args.num_images)] if args.num_images is not None else []
+    return argv + (["--alexnet-weights", args.alexnet_weights] if args.alexnet_weights else [])
+
+
+def run_record(ctx: common.Context, t0: float, seconds: dict[str, float], jobs: int) -> dict:
+    """Writes ``run.json``: the provenance of a run of every pipeline (command, commit, versions, machine, its
+    wall time) with each pipeline's seconds and the processes that ran them at once."""
+    record = {"pipelines": seconds, "jobs": jobs,
+              "provenance": provenance.record(ctx.seed, time.time() - t0, dataset=ctx.dataset)}
+    storage.write_json(ctx.out / RUN_RECORD, record)
+    return record
+
+
+def run_line(ctx: common.Context) -> str:
+    """REPORT.md's line on the run that made every file (``run.json``), or "" where none is recorded."""
+    path = ctx.out / RUN_RECORD
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    p, code = r["provenance"], r["provenance"].get("code") or {}
+    made = {json.loads((ctx.out / f).read_text()).get("provenance", {}).get("code", {}).get("commit")
+            for _, f, _ in PIPELINES.values() if (ctx.out / f).exists()}
+    same = made == {code.get("commit")} and code.get("commit") is not None
+    return (f"**The run:** `{p['command']}` at commit `{str(code.get('commit'))[:10]}`"
+            f"{' (dirty tree)' if code.get('dirty') else ''}: {p['wall_time_s'] / 60:.0f} min wall, "
+            f"{r['jobs']} pipeline(s) at a time, {p['machine']}, {p['date'][:10]}; "
+            + ("every result file here was made by that commit." if same else
+               f"the result files here were made by {len(made)} commit(s): read each with its own \"Made by\" line.") + "\n")
 
 
 def write_report(ctx: common.Context) -> str:
@@ -80,6 +180,8 @@ def write_report(ctx: common.Context) -> str:
         "Our measurement for each table; where MNIST's results (ours, `results/`) exist, Tables 1–4 show MNIST's "
         "number in brackets, and elsewhere the paper's MNIST value stands beside ours").replace(
         "the paper value's provenance mark", "a paper value's provenance mark") + "\n" + recipe_status(ctx) + "\n"
+    line = run_line(ctx)
+    header += "\n" + line if line else ""
     if ctx.dataset == "mnist":
         sections.append(cross_dataset.section({n: (m, f) for n, (m, f, _) in PIPELINES.items()}, ctx.out,
                                               {n: s.title for n, s in data.DATASETS.items()}))
@@ -128,26 +230,55 @@ def main(argv=None):
     p.add_argument("--num-images", type=int, default=None, help="images attacked per model (default 1000)")
     p.add_argument("--only", nargs="+", choices=list(PIPELINES), help="run only these pipelines")
     p.add_argument("--render", action="store_true", help="compute nothing: re-render the Markdown from the JSON")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="pipelines run at once, each in its own process (pinned to a core of its own where there "
+                        "are enough); 1: in order, in this process")
+    p.add_argument("--no-report", action="store_true",
+                   help="compute the pipelines only: leave REPORT.md, run.json and the README block alone "
+                        "(what --jobs gives each of its processes)")
     p.add_argument("--alexnet-weights", default=None,
                    help="AlexNet weights (.npz, keys conv1/kernel ... fc3/bias) for the spectral table; "
                         "default: random initialisation")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.quick and args.results == "results":
         args.results = "results_quick"
+    given = argparse.Namespace(**vars(args))  # before the dataset's subfolders: what a child is given
     args = common.dataset_dirs(args)
     ctx = context(args)
     if args.render:
         write_report(ctx)
         print(f"re-rendered {ctx.out}/*.md from the JSON")
         return refresh_readme(ctx)
-    print("Quick smoke run (not the paper's numbers)." if args.quick else
-          f"Full run: {runtime.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of computation recorded in {args.results}/ by "
-          "the run that made it (fewer where steps are cached under --workdir).")
-    mnist, t0 = common.setup(args), time.time()
-    run_all(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
+    print("Quick smoke run (not the paper's numbers)." if args.quick else full_run_line(ctx))
+    mnist, t0 = common.setup(args), time.time()  # loads (and caches) the data once, before any child starts
+    names = [n for n in (LONGEST_FIRST if args.jobs > 1 else PIPELINES) if not args.only or n in args.only]
+    if args.jobs > 1:
+        seconds = run_parallel(names, args.jobs, lambda n: child_command(given, n), pathlib.Path(args.workdir) / "logs")
+        advtrain_controls.join_pools_report(ctx.out)  # the two finished in either order
+    else:
+        seconds = run_pipelines(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
+    if args.no_report:
+        return None
+    if not args.only or set(args.only) >= set(PIPELINES):
+        run_record(ctx, t0, seconds, args.jobs)
+    write_report(ctx)
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
     refresh_readme(ctx)
     compile_cache.log_stats()
+
+
+def full_run_line(ctx: common.Context) -> str:
+    """What a full run costs, as the results directory records it: the last full run's wall time
+    (``run.json``), else the computation its files record (``runtime.recorded_minutes``)."""
+    path = ctx.out / RUN_RECORD
+    if path.exists():
+        r = json.loads(path.read_text())
+        return (f"Full run: the run that wrote {ctx.out}/ took {r['provenance']['wall_time_s'] / 60:.0f} minutes wall, "
+                f"{r['jobs']} pipeline(s) at a time (fewer where steps are cached under --workdir).")
+    return (f"Full run: {runtime.recorded_minutes([ctx.out / f for _, f, _ in PIPELINES.values()]):.0f} minutes of "
+            f"computation recorded in {ctx.out}/ by the runs that made it (fewer where steps are cached under --workdir).")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import pathlib
+import contextlib
 import tempfile
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -55,6 +56,26 @@ def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block: processes that
+    share a workdir (``experiments.reproduce --jobs``) compute a cached file once, the second waiting for the
+    first and then reading its result. POSIX ``flock``; where the platform has none, no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per workdir
+        yield
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def write_json(path, obj) -> None:

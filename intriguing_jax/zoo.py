@@ -65,34 +65,32 @@ def trained_seeds(name: str, mnist: MNIST, seeds, *, split: str = "train",
     repeatable, while a population's arithmetic (vmapped steps, per-member rate scaling) differs from it
     in the last bits, which 100 epochs amplify like a change of seed (FC100-100-10 on MNIST: max
     |Δparam| 9.3, test error 1.66% alone vs 1.68% as a member; the population saved 6% of the time). So
-    a (model, recipe, split, seed) is one model, whichever seeds are asked for beside it."""
+    a (model, recipe, split, seed) is one model, whichever seeds are asked for beside it. Processes sharing
+    ``workdir`` train a checkpoint once: one that finds another training it waits, then loads it
+    (``storage.exclusive``)."""
     model = models.build(name)
-    out, todo = {}, []
+    resolved, data, out = resolved_config(name, cfg, split, mnist.name), mnist.split(split), {}
     for seed in seeds:
         path = checkpoint_path(workdir, name, split, seed, cfg, mnist.name)
-        if path.exists():
-            try:
-                params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
-                log.info("loaded %s from %s", model.name, path)
-                out[seed] = (model, params, _identified(meta, path))
-                continue
-            except checkpoint.CheckpointError as e:
-                log.warning("%s; retraining", e)
-        todo.append(seed)
-    resolved, data = resolved_config(name, cfg, split, mnist.name), mnist.split(split)
-    for seed in todo:  # each alone: see trained_seeds's docstring
-        t0 = time.time()
-        path = checkpoint_path(workdir, name, split, seed, cfg, mnist.name)
-        partial = path.with_suffix(".partial")
-        params, history = train.fit(model, data, jax.random.key(seed), resolved, checkpoint_path=partial,
-                                    on_epoch=None if on_epoch is None else (lambda e, loss: on_epoch(e, [loss])))
-        errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s)) for s in ("train", "test", "p1", "p2")}
-        meta = {"model": model.name, "split": split, **errors, "loss_history": history,
-                "train_config": dataclasses.asdict(cfg),
-                "provenance": provenance.record(seed, time.time() - t0, dataset=mnist.name, data_source=mnist.source)}
-        checkpoint.save(path, params, meta)
-        out[seed] = (model, params, _identified(meta, path))
-        partial.unlink(missing_ok=True)
+        with storage.exclusive(pathlib.Path(workdir) / "locks" / f"{path.name}.lock"):  # another process training it: wait, then load
+            if path.exists():
+                try:
+                    params, meta = checkpoint.load(path, model.init(jax.random.key(0)))
+                    log.info("loaded %s from %s", model.name, path)
+                    out[seed] = (model, params, _identified(meta, path))
+                    continue
+                except checkpoint.CheckpointError as e:
+                    log.warning("%s; retraining", e)
+            t0, partial = time.time(), path.with_suffix(".partial")  # each seed alone: see the docstring
+            params, history = train.fit(model, data, jax.random.key(seed), resolved, checkpoint_path=partial,
+                                        on_epoch=None if on_epoch is None else (lambda e, loss: on_epoch(e, [loss])))
+            errors = {f"{s}_error": train.error_rate(model.apply, params, mnist.split(s)) for s in ("train", "test", "p1", "p2")}
+            meta = {"model": model.name, "split": split, **errors, "loss_history": history,
+                    "train_config": dataclasses.asdict(cfg),
+                    "provenance": provenance.record(seed, time.time() - t0, dataset=mnist.name, data_source=mnist.source)}
+            checkpoint.save(path, params, meta)
+            out[seed] = (model, params, _identified(meta, path))
+            partial.unlink(missing_ok=True)
     return [out[s] for s in seeds]
 
 

@@ -107,3 +107,39 @@ def test_the_results_block_names_every_files_run_and_each_claims_verdict(tmp_pat
     assert summary.rewrite(tmp_path / "README.md", "new") and summary.current(tmp_path / "README.md") == "new"
     assert (tmp_path / "README.md").read_text().endswith("\n\ntail\n")
     assert "No results yet" in reproduce.readme_block(tmp_path / "none")
+
+
+def test_a_parallel_run_keeps_at_most_jobs_processes_and_names_a_failed_pipeline(tmp_path, capsys):
+    """``reproduce --jobs``: one process per pipeline, started in the given order, never more than ``jobs`` at
+    once; a failure does not stop the others and is reported with its log."""
+    import sys
+    from experiments import reproduce
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = ("import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); n = sys.argv[2]; "
+              "(d / (n + '.start')).write_text(str(time.time())); time.sleep(0.6); "
+              "(d / (n + '.end')).write_text(str(time.time())); print('ran', n); sys.exit(n == 'bad')")
+    command = lambda name: [sys.executable, "-c", script, str(marks), name]  # noqa: E731
+    names = ["a", "b", "bad", "c"]
+    with pytest.raises(RuntimeError, match=r"bad \(see .*bad\.log\)"):
+        reproduce.run_parallel(names, 2, command, tmp_path / "logs", poll_s=0.05)
+    span = {n: (float((marks / f"{n}.start").read_text()), float((marks / f"{n}.end").read_text())) for n in names}
+    for n in names:  # at no process's start were two others running
+        assert sum(s <= span[n][0] < e for m, (s, e) in span.items() if m != n) <= 1
+    assert re.findall(r"\[(\w+)\] started", capsys.readouterr().out) == names  # launched in the given order
+    assert (tmp_path / "logs" / "c.log").read_text() == "ran c\n"
+
+
+def test_a_parallel_runs_processes_get_the_run_as_given(tmp_path):
+    """Each process of ``--jobs`` gets this run's settings and its dataset as given (its own subfolders are
+    added once, by the process), its pipeline alone and no report."""
+    import argparse
+    from experiments import reproduce
+    given = argparse.Namespace(workdir="w", results="r", dataset="fashion_mnist", data_source="auto", seed=3,
+                               quick=True, no_compile_cache=False, num_images=8, alexnet_weights=None)
+    argv = reproduce.child_command(given, "units")
+    assert argv[1:] == ["-m", "experiments.reproduce", "--only", "units", "--no-report", "--workdir", "w",
+                        "--results", "r", "--dataset", "fashion_mnist", "--data-source", "auto", "--seed", "3",
+                        "--quick", "--num-images", "8"]
+    with pytest.raises(SystemExit):
+        reproduce.main(["--jobs", "0"])

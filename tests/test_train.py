@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,28 @@ def test_zoo_population_caches_each_seed_as_trained_would(tmp_path, tiny_mnist, 
     _, params, meta = zoo.trained("FC10(1e-2)", tiny_mnist, seed=1, cfg=cfg, workdir=tmp_path)
     jax.tree.map(np.testing.assert_array_equal, params, runs[1][1])
     assert meta["test_error"] == runs[1][2]["test_error"]
+
+
+def test_processes_sharing_a_workdir_train_a_checkpoint_once(tmp_path, tiny_mnist, monkeypatch):
+    """Two callers (threads here: ``flock`` separates open files as it separates processes) asking for the same
+    uncached checkpoint at once: one trains it, the other waits and loads the same file."""
+    import threading
+    cfg, calls, real_fit = train.TrainConfig(epochs=1, batch_size=50), [], train.fit
+
+    def slow_fit(*a, **k):
+        calls.append(1)
+        time.sleep(0.5)  # the second caller arrives while the first trains
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(train, "fit", slow_fit)
+    out = [None, None]
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, zoo.trained(
+        "FC10(1e-2)", tiny_mnist, cfg=cfg, workdir=tmp_path)[2]["checkpoint_sha256"])) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and out[0] == out[1] is not None
 
 
 def test_cache_key_follows_the_registry_defaults(monkeypatch):

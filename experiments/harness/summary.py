@@ -57,7 +57,7 @@ def block(results: pathlib.Path, pipelines: dict) -> str:
             continue
         found[filename] = json.loads(path.read_text())
         claims += [v for v in module.claims(found[filename]) if v is not None]
-    for extra in ("adversarial_training_controls.json", "training_study.json"):
+    for extra in ("training_study.json",):
         if (results / extra).exists():
             found[extra] = json.loads((results / extra).read_text())
     if not found:
