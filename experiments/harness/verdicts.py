@@ -267,7 +267,7 @@ def _tightness_reading(linear: list[float], deep: list[float]) -> str:
 # ---- adversarial training ------------------------------------------------------------------------
 
 
-def pools_beat_weight_decay(s: dict, seeds: int) -> Verdict | None:
+def pools_beat_weight_decay(s: dict, seeds: int, on_mnist: bool = True) -> Verdict | None:
     """The paper's claim: pools improve clean test error over weight decay alone (1.6% → below 1.2%).
 
     Rule: the best pool variant's worst seed beats weight decay alone's best seed (non-overlapping spread).
@@ -276,6 +276,8 @@ def pools_beat_weight_decay(s: dict, seeds: int) -> Verdict | None:
       s: variant -> {"test_error_mean", "test_error_min", "test_error_max", ...}
         (``adversarial_training.summarize_runs``), with "weight decay only" among them.
       seeds: how many seeds each mean is over.
+      on_mnist: the runs are on MNIST, where the paper's error is a number to compare with (on another
+        dataset it is not, and the verdict does not compare).
     """
     base = "weight decay only"
     pools = [v for v in s if v != base]
@@ -291,8 +293,8 @@ def pools_beat_weight_decay(s: dict, seeds: int) -> Verdict | None:
                    f"Rule: the best pool variant's worst seed beats weight decay alone's best seed. Best pool variant "
                    f"({best}): {pct(b['test_error_mean'])} (seeds {pct(b['test_error_min'])}–{pct(b['test_error_max'])}) "
                    f"vs {pct(w['test_error_mean'])} ({pct(w['test_error_min'])}–{pct(w['test_error_max'])}) with weight "
-                   f"decay alone, {seeds} seeds; the paper's {pct(target, 1)} is "
-                   + ("reached." if b["test_error_mean"] < target else "not reached."),
+                   f"decay alone, {seeds} seeds" + (f"; the paper's {pct(target, 1)} is "
+                   + ("reached." if b["test_error_mean"] < target else "not reached.") if on_mnist else "."),
                    {"best": best, "best_pools": b["test_error_mean"], "weight_decay_only": w["test_error_mean"]})
 
 
