@@ -259,6 +259,8 @@ def main(argv=None):
         advtrain_controls.join_pools_report(ctx.out)  # the two finished in either order
     else:
         seconds = run_pipelines(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
+    if args.jobs == 1:  # with --jobs, each process that compiled logs its own
+        compile_cache.log_stats()
     if args.no_report:
         return None
     if not args.only or set(args.only) >= set(PIPELINES):
@@ -266,7 +268,6 @@ def main(argv=None):
     write_report(ctx)
     print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
     refresh_readme(ctx)
-    compile_cache.log_stats()
 
 
 def full_run_line(ctx: common.Context) -> str:
