@@ -75,9 +75,10 @@ def run_pipelines(ctx: common.Context, mnist, only=None, **overrides) -> dict[st
 
 
 def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 1.0) -> dict[str, float]:
-    """Runs one process per pipeline, ``command(name)`` (an argv), at most ``jobs`` at once, started in the
-    order of ``names``; where the process may use at least ``jobs`` cores, each runs pinned to a core of its
-    own (two XLA processes sharing cores slow each other's small ops many-fold). Each process's output goes to
+    """Runs one process per pipeline, ``command(name, core)`` (an argv), at most ``jobs`` at once, started in
+    the order of ``names``; where this process may use at least ``jobs`` cores, each gets a core of its own to
+    pin itself to (two XLA processes sharing cores slow each other's small ops many-fold), else ``core`` is
+    None. (The child pins itself: pinning between fork and exec would fork a multithreaded JAX process.) Each process's output goes to
     ``logs/<name>.log``. Processes share the workdir: a checkpoint two of them need is trained once
     (``zoo.trained_seeds``). A failure does not stop the others (what they compute is kept).
 
@@ -94,12 +95,11 @@ def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 
         while pending or running:
             while pending and free:
                 name, slot = pending.pop(0), free.pop(0)
-                pin = {cores[slot]} if jobs > 1 and len(cores) >= jobs else None
+                core = cores[slot] if jobs > 1 and len(cores) >= jobs else None
                 log = open(logs / f"{name}.log", "w")
-                proc = subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None)
+                proc = subprocess.Popen(command(name, core), stdout=log, stderr=subprocess.STDOUT)
                 running[proc] = (name, slot, time.time(), log)
-                print(f"[{name}] started" + (f" on core {min(pin)}" if pin else "") + f"; log: {logs / (name + '.log')}")
+                print(f"[{name}] started" + (f" on core {core}" if core is not None else "") + f"; log: {logs / (name + '.log')}")
             time.sleep(poll_s)
             for proc in [p for p in running if p.poll() is not None]:
                 name, slot, t0, log = running.pop(proc)
@@ -119,14 +119,15 @@ def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 
     return seconds
 
 
-def child_command(args, name: str) -> list[str]:
+def child_command(args, name: str, core: int | None = None) -> list[str]:
     """The argv of the process that runs pipeline ``name`` of a parallel run: this run's settings (``args``
-    as given, before the dataset's subfolders are added), that pipeline only, no report."""
+    as given, before the dataset's subfolders are added), that pipeline only, no report, pinned to ``core``."""
     argv = [sys.executable, "-m", "experiments.reproduce", "--only", name, "--no-report", "--workdir", args.workdir,
             "--results", args.results, "--dataset", args.dataset, "--data-source", args.data_source,
             "--seed", str(args.seed)]
     argv += ["--quick"] * args.quick + ["--no-compile-cache"] * args.no_compile_cache
     argv += ["--num-images", str(args.num_images)] if args.num_images is not None else []
+    argv += ["--cpu", str(core)] if core is not None else []
     return argv + (["--alexnet-weights", args.alexnet_weights] if args.alexnet_weights else [])
 
 
@@ -236,12 +237,19 @@ def main(argv=None):
     p.add_argument("--no-report", action="store_true",
                    help="compute the pipelines only: leave REPORT.md, run.json and the README block alone "
                         "(what --jobs gives each of its processes)")
+    p.add_argument("--cpu", type=int, default=None,
+                   help="run pinned to this CPU core (what --jobs gives each of its processes)")
     p.add_argument("--alexnet-weights", default=None,
                    help="AlexNet weights (.npz, keys conv1/kernel ... fc3/bias) for the spectral table; "
                         "default: random initialisation")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.cpu is not None:  # before the first computation starts XLA's threads
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except (AttributeError, OSError) as e:
+            p.error(f"--cpu {args.cpu}: cannot pin this process to that core ({e})")
     if args.quick and args.results == "results":
         args.results = "results_quick"
     given = argparse.Namespace(**vars(args))  # before the dataset's subfolders: what a child is given
@@ -255,7 +263,8 @@ def main(argv=None):
     mnist, t0 = common.setup(args), time.time()  # loads (and caches) the data once, before any child starts
     names = [n for n in (LONGEST_FIRST if args.jobs > 1 else PIPELINES) if not args.only or n in args.only]
     if args.jobs > 1:
-        seconds = run_parallel(names, args.jobs, lambda n: child_command(given, n), pathlib.Path(args.workdir) / "logs")
+        seconds = run_parallel(names, args.jobs, lambda n, core: child_command(given, n, core),
+                               pathlib.Path(args.workdir) / "logs")
         advtrain_controls.join_pools_report(ctx.out)  # the two finished in either order
     else:
         seconds = run_pipelines(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})

@@ -119,7 +119,7 @@ def test_a_parallel_run_keeps_at_most_jobs_processes_and_names_a_failed_pipeline
     script = ("import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); n = sys.argv[2]; "
               "(d / (n + '.start')).write_text(str(time.time())); time.sleep(0.6); "
               "(d / (n + '.end')).write_text(str(time.time())); print('ran', n); sys.exit(n == 'bad')")
-    command = lambda name: [sys.executable, "-c", script, str(marks), name]  # noqa: E731
+    command = lambda name, core: [sys.executable, "-c", script, str(marks), name]  # noqa: E731
     names = ["a", "b", "bad", "c"]
     with pytest.raises(RuntimeError, match=r"bad \(see .*bad\.log\)"):
         reproduce.run_parallel(names, 2, command, tmp_path / "logs", poll_s=0.05)
@@ -137,9 +137,10 @@ def test_a_parallel_runs_processes_get_the_run_as_given(tmp_path):
     from experiments import reproduce
     given = argparse.Namespace(workdir="w", results="r", dataset="fashion_mnist", data_source="auto", seed=3,
                                quick=True, no_compile_cache=False, num_images=8, alexnet_weights=None)
-    argv = reproduce.child_command(given, "units")
+    argv = reproduce.child_command(given, "units", core=1)
     assert argv[1:] == ["-m", "experiments.reproduce", "--only", "units", "--no-report", "--workdir", "w",
                         "--results", "r", "--dataset", "fashion_mnist", "--data-source", "auto", "--seed", "3",
-                        "--quick", "--num-images", "8"]
-    with pytest.raises(SystemExit):
-        reproduce.main(["--jobs", "0"])
+                        "--quick", "--num-images", "8", "--cpu", "1"]
+    for bad in (["--jobs", "0"], ["--cpu", "100000"]):  # no such core: an error naming it, not a silent run
+        with pytest.raises(SystemExit):
+            reproduce.main(bad)
