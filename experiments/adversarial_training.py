@@ -61,7 +61,7 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     configs = {**{v: STUDY[n] for v, n in chosen.items()}, **{f"input pool, {n}": adv for n, adv in past.items()}}
     final = {v: group(v, adv, seeds, epochs) for v, adv in configs.items()}
     path = ctx.out / "figures" / "adversarial_training.png"
-    figure(path, final)
+    figure(path, final, ctx.dataset_title)
     result = {"model": MODEL, "seeds": [ctx.seed + s for s in seeds], "study_seeds": [ctx.seed + s for s in study_seeds],
               "study_epochs": short, "epochs": epochs,
               "study": [{"configuration": n, **summary[n], "config": study_runs[n][0]["adv_config"],
@@ -76,11 +76,11 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
     return report.publish(ctx.out, "adversarial_training.json", "adversarial_training.md", result, render)
 
 
-def figure(path, final: dict) -> None:
+def figure(path, final: dict, dataset_title: str = "MNIST") -> None:
     """The final runs' test error and the attack's distortion per epoch: per configuration, the mean over
     its seeds and their range (weight decay alone: its seeds' final values, dashed)."""
     figures.seed_bands(path, final, panels={"test_error": "test error", "distortion": "mean min. distortion (RMS), 100 test images"},
-                       title=f"{MODEL}: adversarial training, mean and range over seeds")
+                       title=f"{dataset_title}, {MODEL}: adversarial training, mean and range over seeds")
 
 
 # the study's paired comparisons: (the change, the configuration with it, the one without)

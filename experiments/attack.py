@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from experiments import common
 from experiments.harness import figures
-from intriguing_jax import attacks, compile_cache, models, provenance, storage, zoo
+from intriguing_jax import attacks, compile_cache, data, models, provenance, storage, zoo
 
 
 def main(argv=None):
@@ -48,12 +48,12 @@ def main(argv=None):
     wall = time.time() - t0
     out = pathlib.Path(args.results) / "attack"
     stem = storage.safe_name(model.name)
-    summary = {"model": model.name, "images": "MNIST test set, first N", "targets": "random wrong label",
+    summary = {"model": model.name, "images": f"{data.spec(args.dataset).title} test set, first {len(x)}", "targets": "random wrong label",
                **attacks.summarize(res), "images_per_second": len(x) / wall,
                "attack_config": dataclasses.asdict(cfg), "provenance": provenance.record(args.seed, wall)}
     storage.write_json(out / f"{stem}.json", summary)
     figures.adversarial_grid(out / f"{stem}.png", x, res.adversarial, y, res.prediction,
-                             title=f"{model.name}: original | r ×10 | adversarial")
+                             title=f"{data.spec(args.dataset).title}, {model.name}: original | r ×10 | adversarial")
     print(f"{model.name}: success {summary['success_rate']:.1%}, mean distortion "
           f"{summary['mean_distortion']:.4f}, {summary['images_per_second']:.1f} images/s -> {out}")
     compile_cache.log_stats()

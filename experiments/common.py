@@ -80,6 +80,11 @@ class Context:
     def out(self) -> pathlib.Path:
         return pathlib.Path(self.results)
 
+    @property
+    def dataset_title(self) -> str:
+        """The dataset's name for people (figure titles): "MNIST", "Fashion-MNIST"."""
+        return data.spec(self.dataset).title
+
     def key(self, *path: int) -> jax.Array:
         return functools.reduce(jax.random.fold_in, path, jax.random.key(self.seed))
 

@@ -61,7 +61,8 @@ def _fig7(ctx, x, y, adversarial, classify) -> dict | None:
         (adversarial, f"adversarial for {FIG7_MODEL}: RMS {acc['adversarial_rms']:.3f}, "
                       f"accuracy {acc['adversarial']:.0%}"),
         (noisy, f"Gaussian noise stddev {FIG7_STDDEV:g} (clipped; RMS {acc['gaussian_clipped_rms']:.3f}): "
-                f"accuracy {acc['gaussian_clipped']:.0%}")])
+                f"accuracy {acc['gaussian_clipped']:.0%}")],
+        title=f"{ctx.dataset_title}: adversarial examples beside Gaussian noise")
     return {"model": FIG7_MODEL, "stddev": FIG7_STDDEV, "figure": str(path.relative_to(ctx.out)), **acc}
 
 

@@ -69,7 +69,8 @@ def run(ctx: common.Context, mnist, alexnet_weights=None, bound_models=BOUND_MOD
     path = ctx.out / "figures" / "sandwich_ratio.png"
     figures.ratio_ranges(path, {**{(n, "product bound"): s.pop("_ratio") for n, s in sandwiches.items()},
                                 **{(n, "CROWN"): s["bound_propagation"]["crown"].pop("_ratio") for n, s in sandwiches.items()}},
-                         xlabel="distortion found / certified lower bound (log scale; 1 = the bound is tight)")
+                         xlabel="distortion found / certified lower bound (log scale; 1 = the bound is tight)",
+                         title=f"{ctx.dataset_title}: attack distance over certified radius, per image")
     result = {"alexnet": alex, "mnist_bounds": bounds, "sandwich": sandwiches,
               "figure": str(path.relative_to(ctx.out)),
               "provenance": common.record(ctx, t0, pipeline="spectral")}

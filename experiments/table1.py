@@ -32,10 +32,10 @@ def run(ctx: common.Context, mnist, model_names=MODELS) -> dict:
                       "median_distortion": stats["median_distortion"],
                       "attack_wall_s": time.time() - t1, **runtime.training_cost(meta)}
         figures.adversarial_grid(ctx.out / "figures" / f"fig5_{name}.png", x, res.adversarial, y,
-                                 res.prediction, title=f"{name}: original | r ×10 | adversarial")
+                                 res.prediction, title=f"{ctx.dataset_title}, {name}: original | r ×10 | adversarial")
         if model.spec.autoencoder is not None:  # its unsupervised layer's filters
             path = ctx.out / "figures" / f"filters_{name}.png"
-            figures.filters(path, params["params"]["dense_0"]["kernel"], title=f"{name}: first 100 of the frozen "
+            figures.filters(path, params["params"]["dense_0"]["kernel"], title=f"{ctx.dataset_title}, {name}: first 100 of the frozen "
                             "autoencoder layer's filters")
             filter_figures[name] = str(path.relative_to(ctx.out))
         print(f"{name}: train {meta['train_error']:.2%} test {meta['test_error']:.2%} "

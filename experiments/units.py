@@ -34,7 +34,7 @@ def _figures(ctx, display, x, analysis) -> list[str]:
         path = ctx.out / "figures" / f"{fig}_{display}.png"
         what = "live unit" if group == "units" else "random direction"
         figures.image_rows(path, rows, per_row=analysis["k"],
-                           title=f"{display}: top-{analysis['k']} test images per {what}")
+                           title=f"{ctx.dataset_title}, {display}: top-{analysis['k']} test images per {what}")
         paths.append(str(path.relative_to(ctx.out)))
     return paths
 

@@ -60,6 +60,7 @@ def test_attack_command(tiny, tmp_path):
     summary = importlib.import_module("experiments.attack").main(
         ["--model", "FC10(1e-4)", "--num-images", "3", "--c-steps", "3", "--maxiter", "20"] + tiny)
     assert summary["n"] == 3 and (tmp_path / "results" / "attack").is_dir()
+    assert summary["images"] == "MNIST test set, first 3"
 
 
 def test_reproduce_command_one_pipeline_then_render(tiny, tmp_path, capsys):

@@ -215,3 +215,17 @@ def test_spectral_sandwich_measures_the_attack_against_the_exact_minimum_on_soft
     ctx, mnist, _ = run
     linear = spectral.sandwich(ctx, mnist, "FC10(1e-4)")
     assert linear["exact"]["images"] > 0 and linear["exact"]["ratio_median"] >= 1 - 1e-3
+
+
+def test_a_perturbation_panel_says_its_norm_or_why_it_is_flat():
+    from experiments.harness import figures
+    x = np.zeros(784, np.float32)
+    assert figures.perturbation_caption(x, x, 10, 7) == "r = 0: x itself → 7"
+    moved = x.copy()
+    moved[:4] = 0.5
+    assert figures.perturbation_caption(x, moved, 10, 7) == "r ×10, ‖r‖ 1.00"
+
+
+def test_figure_titles_name_the_dataset():
+    assert common.Context(dataset="fashion_mnist").dataset_title == "Fashion-MNIST"
+    assert common.Context().dataset_title == "MNIST"

@@ -13,12 +13,14 @@ import numpy as np  # noqa: E402
 
 def adversarial_grid(path, images, adversarial, labels, predictions, *, magnify: float = 10.0,
                      title: str = "", max_rows: int = 8) -> None:
-    """Fig. 5-like grid: original | perturbation × ``magnify`` (grey = 0) | adversarial, one row each."""
+    """Fig. 5-like grid: original | perturbation × ``magnify`` (grey = 0) | adversarial, one row each. The
+    perturbation's title gives its ‖r‖₂, or says r = 0 (a flat grey panel: the original is already in the
+    class shown)."""
     n = min(len(images), max_rows)
     fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n + 0.4), squeeze=False)
     for i in range(n):
         x, a = np.asarray(images[i]).reshape(28, 28), np.asarray(adversarial[i]).reshape(28, 28)
-        panels = [(x, f"label {labels[i]}"), (np.clip(0.5 + magnify * (a - x), 0, 1), f"r ×{magnify:g}"),
+        panels = [(x, f"label {labels[i]}"), (np.clip(0.5 + magnify * (a - x), 0, 1), perturbation_caption(x, a, magnify, predictions[i])),
                   (a, f"→ {predictions[i]}")]
         for ax, (img, text) in zip(axes[i], panels):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
@@ -29,6 +31,13 @@ def adversarial_grid(path, images, adversarial, labels, predictions, *, magnify:
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def perturbation_caption(image, adversarial, magnify: float, prediction) -> str:
+    """The title of a perturbation panel: its magnification and ‖r‖₂, or (r = 0, a flat grey panel) the
+    class the model already gives the original."""
+    norm = float(np.linalg.norm(np.asarray(adversarial, np.float64) - np.asarray(image, np.float64)))
+    return f"r ×{magnify:g}, ‖r‖ {norm:.2f}" if norm > 0 else f"r = 0: x itself → {prediction}"
 
 
 def image_rows(path, rows, *, per_row: int = 8, title: str = "") -> None:
@@ -104,7 +113,8 @@ def seed_bands(path, runs: dict, *, panels: dict[str, str], xlabel: str = "epoch
     _save(fig, path)
 
 
-def ratio_ranges(path, ratios: dict[tuple[str, str], np.ndarray], *, xlabel: str, reference: float = 1.0) -> None:
+def ratio_ranges(path, ratios: dict[tuple[str, str], np.ndarray], *, xlabel: str, reference: float = 1.0,
+                 title: str = "") -> None:
     """Per (group, method) — e.g. (model, bound) — the distribution of a positive ratio on a log axis: the
     median as a marker, the 10–90% range as a thick bar, the full range as a thin line; one row each,
     colour by group and marker by method, a vertical line at ``reference``."""
@@ -134,6 +144,8 @@ def ratio_ranges(path, ratios: dict[tuple[str, str], np.ndarray], *, xlabel: str
     legend = [plt.Line2D([], [], marker=markers[m], color="grey", linestyle="none", label=f"{m} (median)") for m in methods]
     legend.append(plt.Line2D([], [], color="grey", linewidth=4, alpha=0.5, label="10–90% of images"))
     ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9, pad=24)
     fig.tight_layout()
     _save(fig, path)
 
