@@ -63,21 +63,20 @@ def recipe_study(ctx: common.Context, mnist, names=tuple(RECIPE_CHALLENGERS), se
 
 
 def run(ctx: common.Context, mnist, studies, scan: str | None = None, recipe_models=tuple(RECIPE_CHALLENGERS)) -> dict:
+    started = time.time()  # provenance: the whole command's wall time, whatever part of it last wrote the file
     path = ctx.out / "training_study.json"
     result = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if "recipes" in studies:
-        t0 = time.time()
         result["recipe_study"] = recipe_study(ctx, mnist, recipe_models)
         result["chosen"] = {m: s["verdict"]["numbers"]["changes"] for m, s in result["recipe_study"].items()}
-        result["provenance"] = common.record(ctx, t0, pipeline="training_study")
+        result["provenance"] = common.record(ctx, started, pipeline="training_study")
         report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
         studies = [s for s in studies if s != "recipes"]
     known = {label for runs in STUDIES.values() for label in runs}
     result["runs"] = {k: v for k, v in result["runs"].items() if k in known}  # runs of a study since renamed
     if scan:
-        t0 = time.time()
         result["lambda_scan"] = lambda_scan(ctx, mnist, scan)
-        result["provenance"] = common.record(ctx, t0, pipeline="training_study")
+        result["provenance"] = common.record(ctx, started, pipeline="training_study")
         report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     for study in studies:
         groups = {}  # per (model, split, configuration): its seeds, each a zoo checkpoint
@@ -92,7 +91,7 @@ def run(ctx: common.Context, mnist, studies, scan: str | None = None, recipe_mod
                                          "train_error": meta["train_error"], "test_error": meta["test_error"],
                                          "checkpoint_sha256": meta["checkpoint_sha256"],
                                          **runtime.training_cost(meta), "this_call_s": time.time() - t0}
-            result["provenance"] = common.record(ctx, t0, pipeline="training_study", models={
+            result["provenance"] = common.record(ctx, started, pipeline="training_study", models={
                 label: {k: r.get(k) for k in ("checkpoint_sha256", "test_error")} for label, r in result["runs"].items()})
             report.publish(ctx.out, "training_study.json", "training_study.md", result, render)
     return result
