@@ -3,18 +3,20 @@ experiments.reproduce --only advtrain``. FC100-100-10: a recorded study of the c
 open (``STUDY``, short schedule, 2 seeds), then at full length (5 seeds) each pool-layer set's best
 configuration and the best input pool with its examples past the decision boundary (``past_boundary``).
 Each configuration's seeds train as one population (one jitted step, one attack call per pool refresh);
-runs are cached and resume after a kill (``experiments.harness.runs``). Weight decay alone is no pool
+runs are cached and resume after a kill (``experiments.harness.runs``), and processes sharing the workdir
+split the configurations (``experiments.harness.sharing``: ``reproduce --jobs``' helpers). Weight decay alone is no pool
 run: it is the zoo's checkpoint of each seed, the model Table 1 attacks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
 from experiments import common
-from experiments.harness import figures, report, runs, verdicts
+from experiments.harness import figures, report, runs, sharing, verdicts
 from intriguing_jax import adversarial_training as at
 from intriguing_jax import train, zoo
 
@@ -53,13 +55,15 @@ def run(ctx: common.Context, mnist, study=tuple(STUDY), seeds=SEEDS, study_seeds
             return runs.runs(MODEL, mnist, name, adv, [ctx.seed + s for s in member_seeds],
                              dataclasses.replace(ctx.train_cfg, epochs=length), ev, ctx.workdir, tick)
 
-    short = min(STUDY_EPOCHS, epochs)
-    study_runs = {n: group(n, STUDY[n], study_seeds, short) for n in study}
+    short = min(STUDY_EPOCHS, epochs)  # each group computed once by the processes sharing the workdir (--jobs helpers)
+    study_runs = sharing.each({n: functools.partial(group, n, STUDY[n], study_seeds, short) for n in study},
+                              ctx.workdir, f"advtrain study {short} epochs")
     summary = at.summarize_runs(study_runs)
     chosen = runs.best_per_layer_set(summary, VARIANTS)
     past = at.past_boundary(STUDY[chosen["input pool"]]) if "input pool" in chosen else {}
     configs = {**{v: STUDY[n] for v, n in chosen.items()}, **{f"input pool, {n}": adv for n, adv in past.items()}}
-    final = {v: group(v, adv, seeds, epochs) for v, adv in configs.items()}
+    final = sharing.each({v: functools.partial(group, v, adv, seeds, epochs) for v, adv in configs.items()},
+                         ctx.workdir, f"advtrain final {epochs} epochs")
     path = ctx.out / "figures" / "adversarial_training.png"
     figure(path, final, ctx.dataset_title)
     result = {"model": MODEL, "seeds": [ctx.seed + s for s in seeds], "study_seeds": [ctx.seed + s for s in study_seeds],

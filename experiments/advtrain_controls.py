@@ -12,12 +12,13 @@ and .md, and adds the controls to results/adversarial_training.json, whose repor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
 from experiments import adversarial_training as pools
 from experiments import common
-from experiments.harness import report, runs, verdicts
+from experiments.harness import report, runs, sharing, verdicts
 from intriguing_jax import models, train, zoo
 from intriguing_jax import robust_training as rt
 
@@ -54,13 +55,19 @@ def run(ctx: common.Context, mnist, kinds=tuple(KINDS), seeds=SEEDS, more=MORE) 
         return [{**r, "setting": {}} for r in runs.zoo_runs(BASELINE, common.trained_seeds(
             ctx, mnist, pools.MODEL, [ctx.seed + s for s in seeds + more]), ev, ctx.workdir)]
 
-    study, controls = {}, {}
+    def studied(kind):
+        return baseline() if kind == BASELINE else population(kind, KINDS[kind][1], seeds)
+
+    # each population computed once by the processes sharing the workdir (reproduce --jobs' helpers)
+    study, shared = {}, sharing.each({k: functools.partial(studied, k) for k in kinds}, ctx.workdir, "controls study")
     for kind in kinds:
-        for r in (baseline() if kind == BASELINE else population(kind, KINDS[kind][1], seeds)):
+        for r in shared[kind]:
             study.setdefault(_name(kind, r["setting"]), []).append(r)
-        best = min((n for n in study if n.startswith(kind)), key=lambda n: sum(r["test_error"] for r in study[n]))
-        extra = [] if kind == BASELINE else population(kind, {k: [v] for k, v in study[best][0]["setting"].items()}, more)
-        controls[best] = study[best] + extra
+    best = {kind: min((n for n in study if n.startswith(kind)), key=lambda n: sum(r["test_error"] for r in study[n]))
+            for kind in kinds}
+    extra = sharing.each({k: functools.partial(population, k, {s: [v] for s, v in study[best[k]][0]["setting"].items()}, more)
+                          for k in kinds if k != BASELINE}, ctx.workdir, "controls more seeds")
+    controls = {best[k]: study[best[k]] + extra.get(k, []) for k in kinds}
     result = {"model": pools.MODEL, "epochs": cfg.epochs, "seeds": [ctx.seed + s for s in seeds + more], "study_seeds": len(seeds),
               "study": {n: summary(rs) for n, rs in study.items()}, "controls": {n: summary(rs) for n, rs in controls.items()},
               "runs": controls, "train_config": dataclasses.asdict(ctx.train_cfg),

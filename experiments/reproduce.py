@@ -6,6 +6,7 @@
     python -m experiments.reproduce --only table2   # one pipeline; REPORT.md is re-assembled
     python -m experiments.reproduce --render        # no computation: Markdown re-rendered from the JSON
     python -m experiments.reproduce --dataset fashion_mnist   # the same pipelines into results/fashion_mnist/
+    python -m experiments.reproduce --dataset mnist fashion_mnist --jobs 2   # both, one queue of pipelines
 
 Pipelines reuse what is cached under --workdir (checkpoints, attack chunks): an interrupted run resumes
 where it stopped. REPORT.md is assembled from every JSON result present in --results; a run of every
@@ -38,6 +39,8 @@ PIPELINES = {"table1": (table1, "table1.json", "table1_models.md"),
              "controls": (advtrain_controls, "adversarial_training_controls.json", "adversarial_training_controls.md")}
 # the order a parallel run (--jobs) starts them in: the longest first, so the others fill the remaining cores
 LONGEST_FIRST = ("advtrain", "controls", "table1", "spectral", "table3", "units", "table2")
+# pipelines whose independent steps a helper process can share (experiments.harness.sharing)
+HELPED = ("advtrain", "controls")
 RUN_RECORD = "run.json"
 
 HEADER = """# intriguing_jax: the paper's MNIST results, reproduced
@@ -74,7 +77,7 @@ def run_pipelines(ctx: common.Context, mnist, only=None, **overrides) -> dict[st
     return seconds
 
 
-def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 1.0) -> dict[str, float]:
+def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 1.0, helper=None) -> dict[str, float]:
     """Runs one process per pipeline, ``command(name, core)`` (an argv), at most ``jobs`` at once, started in
     the order of ``names``; where this process may use at least ``jobs`` cores, each gets a core of its own to
     pin itself to (two XLA processes sharing cores slow each other's small ops many-fold), else ``core`` is
@@ -82,8 +85,14 @@ def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 
     ``logs/<name>.log``. Processes share the workdir: a checkpoint two of them need is trained once
     (``zoo.trained_seeds``). A failure does not stop the others (what they compute is kept).
 
+    Once no pipeline waits for a core, a free core gets a helper: ``helper(name, core)`` (an argv, or None
+    where pipeline ``name`` has no steps to share) for the running pipeline with the fewest helpers, earliest
+    in ``names`` first; it computes the steps the pipeline has not started (``harness.sharing``), its log
+    ``logs/<name>.helper<k>.log``. A helper's failure is reported, not raised: the pipeline computes what
+    the helper left.
+
     Returns:
-      Each pipeline's seconds.
+      Each pipeline's seconds (its own process's, not its helpers').
 
     Raises:
       RuntimeError: naming every pipeline whose process failed and its log.
@@ -91,39 +100,74 @@ def run_parallel(names, jobs: int, command, logs: pathlib.Path, poll_s: float = 
     logs.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pending, running, free, seconds, failed = list(names), {}, list(range(jobs)), {}, []
+    helpers, exhausted = {}, set()  # pipeline -> helpers started for it; pipelines a helper of which ended
+
+    def start(name, argv, slot, log_name, role):
+        core = cores[slot] if jobs > 1 and len(cores) >= jobs else None
+        log = open(logs / log_name, "w")
+        proc = subprocess.Popen(argv(core), stdout=log, stderr=subprocess.STDOUT)
+        running[proc] = (name, slot, time.time(), log, role)
+        print(f"[{name}] {'started' if role == 'pipeline' else 'helper started'}"
+              + (f" on core {core}" if core is not None else "") + f"; log: {logs / log_name}")
+
+    def helped():  # running pipelines with something to share, fewest helpers first, in the order of names
+        mains = [n for n, _, _, _, role in running.values() if role == "pipeline"]
+        return sorted((n for n in mains if n not in exhausted and helper(n, None) is not None),
+                      key=lambda n: (helpers.get(n, 0), names.index(n)))
+
     try:
-        while pending or running:
+        while pending or any(role == "pipeline" for *_, role in running.values()):
             while pending and free:
-                name, slot = pending.pop(0), free.pop(0)
-                core = cores[slot] if jobs > 1 and len(cores) >= jobs else None
-                log = open(logs / f"{name}.log", "w")
-                proc = subprocess.Popen(command(name, core), stdout=log, stderr=subprocess.STDOUT)
-                running[proc] = (name, slot, time.time(), log)
-                print(f"[{name}] started" + (f" on core {core}" if core is not None else "") + f"; log: {logs / (name + '.log')}")
+                name = pending.pop(0)
+                start(name, lambda core, name=name: command(name, core), free.pop(0), f"{_log_stem(name)}.log", "pipeline")
+            while not pending and free and helper is not None and helped():
+                name = helped()[0]
+                helpers[name] = helpers.get(name, 0) + 1
+                start(name, lambda core, name=name: helper(name, core), free.pop(0),
+                      f"{_log_stem(name)}.helper{helpers[name]}.log", "helper")
             time.sleep(poll_s)
             for proc in [p for p in running if p.poll() is not None]:
-                name, slot, t0, log = running.pop(proc)
+                if proc not in running:  # a helper already stopped with its pipeline
+                    continue
+                name, slot, t0, log, role = running.pop(proc)
                 log.close()
                 free.append(slot)
+                if role == "helper":  # it ends once every step is done (or it failed): no second one
+                    exhausted.add(name)
+                    print(f"[{name}] helper {'failed (exit %d; the pipeline computes what it left)' % proc.returncode if proc.returncode else 'done'}")
+                    continue
                 seconds[name] = round(time.time() - t0, 1)
                 if proc.returncode:
                     failed.append(name)
+                for other in [p for p, (n, _, _, _, r) in running.items() if n == name and r == "helper"]:
+                    _, other_slot, _, other_log, _ = running.pop(other)  # its pipeline is done: nothing left to share
+                    other.terminate()
+                    other.wait()
+                    other_log.close()
+                    free.append(other_slot)
                 print(f"[{name}] {'failed (exit %d)' % proc.returncode if proc.returncode else 'done'} in {seconds[name]:.0f} s")
-    finally:  # interrupted: stop the children (their finished steps stay cached)
-        for proc, (_, _, _, log) in running.items():
+    finally:  # every pipeline ended (its helpers have nothing left to compute) or interrupted: stop the rest
+        for proc, (_, _, _, log, _) in running.items():  # (their finished steps stay cached)
             proc.terminate()
             proc.wait()
             log.close()
     if failed:
-        raise RuntimeError("pipeline(s) failed: " + ", ".join(f"{n} (see {logs / (n + '.log')})" for n in failed))
+        raise RuntimeError("pipeline(s) failed: " + ", ".join(f"{n} (see {logs / (_log_stem(n) + '.log')})" for n in failed))
     return seconds
 
 
-def child_command(args, name: str, core: int | None = None) -> list[str]:
+def _log_stem(name: str) -> str:
+    return name.replace("/", ".")
+
+
+def child_command(args, name: str, core: int | None = None, helper: bool = False) -> list[str]:
     """The argv of the process that runs pipeline ``name`` of a parallel run: this run's settings (``args``
-    as given, before the dataset's subfolders are added), that pipeline only, no report, pinned to ``core``."""
+    as given, before the dataset's subfolders are added), that pipeline only, no report, pinned to ``core``.
+    A ``helper`` shares the workdir and writes its results under ``<workdir>/helper_results`` (thrown away:
+    what it is for is the steps it caches, ``harness.sharing``)."""
+    results = str(pathlib.Path(args.workdir) / "helper_results") if helper else args.results
     argv = [sys.executable, "-m", "experiments.reproduce", "--only", name, "--no-report", "--workdir", args.workdir,
-            "--results", args.results, "--dataset", args.dataset, "--data-source", args.data_source,
+            "--results", results, "--dataset", args.dataset, "--data-source", args.data_source,
             "--seed", str(args.seed)]
     argv += ["--quick"] * args.quick + ["--no-compile-cache"] * args.no_compile_cache
     argv += ["--num-images", str(args.num_images)] if args.num_images is not None else []
@@ -226,14 +270,16 @@ def recipe_status(ctx: common.Context) -> str:
 
 
 def main(argv=None):
-    p = common.base_parser(__doc__.splitlines()[0])
+    p = common.base_parser(__doc__.splitlines()[0], several_datasets=True)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 training epoch, 16 images per attack")
     p.add_argument("--num-images", type=int, default=None, help="images attacked per model (default 1000)")
     p.add_argument("--only", nargs="+", choices=list(PIPELINES), help="run only these pipelines")
     p.add_argument("--render", action="store_true", help="compute nothing: re-render the Markdown from the JSON")
     p.add_argument("--jobs", type=int, default=1,
                    help="pipelines run at once, each in its own process (pinned to a core of its own where there "
-                        "are enough); 1: in order, in this process")
+                        "are enough; once no pipeline waits, a free core helps a running one: adversarial training "
+                        "and its controls share their steps); with several datasets, one queue for all; "
+                        "1: in order, in this process")
     p.add_argument("--no-report", action="store_true",
                    help="compute the pipelines only: leave REPORT.md, run.json and the README block alone "
                         "(what --jobs gives each of its processes)")
@@ -252,31 +298,47 @@ def main(argv=None):
             p.error(f"--cpu {args.cpu}: cannot pin this process to that core ({e})")
     if args.quick and args.results == "results":
         args.results = "results_quick"
-    given = argparse.Namespace(**vars(args))  # before the dataset's subfolders: what a child is given
-    args = common.dataset_dirs(args)
-    ctx = context(args)
+    datasets = list(dict.fromkeys(args.dataset))
+    # per dataset, the run as given (what a child is given) and with the dataset's subfolders added
+    given = {d: argparse.Namespace(**{**vars(args), "dataset": d}) for d in datasets}
+    dirs = {d: common.dataset_dirs(argparse.Namespace(**vars(g))) for d, g in given.items()}
+    ctxs = {d: context(a) for d, a in dirs.items()}
     if args.render:
-        write_report(ctx)
-        print(f"re-rendered {ctx.out}/*.md from the JSON")
-        return refresh_readme(ctx)
-    print("Quick smoke run (not the paper's numbers)." if args.quick else full_run_line(ctx))
-    mnist, t0 = common.setup(args), time.time()  # loads (and caches) the data once, before any child starts
-    names = [n for n in (LONGEST_FIRST if args.jobs > 1 else PIPELINES) if not args.only or n in args.only]
+        for d in datasets:
+            write_report(ctxs[d])
+            print(f"re-rendered {ctxs[d].out}/*.md from the JSON")
+            refresh_readme(ctxs[d])
+        return None
+    for d in datasets:
+        print("Quick smoke run (not the paper's numbers)." if args.quick else full_run_line(ctxs[d]))
+    t0 = time.time()
     if args.jobs > 1:
-        seconds = run_parallel(names, args.jobs, lambda n, core: child_command(given, n, core),
-                               pathlib.Path(args.workdir) / "logs")
-        advtrain_controls.join_pools_report(ctx.out)  # the two finished in either order
+        for d in datasets:  # loads (and caches) the data once, before any child starts
+            common.setup(dirs[d])
+        order = [n for n in LONGEST_FIRST if not args.only or n in args.only]
+        jobs = {(f"{d}/{n}" if len(datasets) > 1 else n): (d, n) for n in order for d in datasets}
+        logs = pathlib.Path(args.workdir if len(datasets) > 1 else dirs[datasets[0]].workdir) / "logs"
+        seconds = run_parallel(list(jobs), args.jobs, lambda j, core: child_command(given[jobs[j][0]], jobs[j][1], core), logs,
+                               helper=lambda j, core: (child_command(given[jobs[j][0]], jobs[j][1], core, helper=True)
+                                                       if jobs[j][1] in HELPED else None))
+        per_dataset = {d: {n: seconds[j] for j, (dd, n) in jobs.items() if dd == d and j in seconds} for d in datasets}
+        for d in datasets:
+            advtrain_controls.join_pools_report(ctxs[d].out)  # the two finished in either order
     else:
-        seconds = run_pipelines(ctx, mnist, only=args.only, spectral={"alexnet_weights": args.alexnet_weights})
-    if args.jobs == 1:  # with --jobs, each process that compiled logs its own
-        compile_cache.log_stats()
+        per_dataset = {}
+        for d in datasets:
+            per_dataset[d] = run_pipelines(ctxs[d], common.setup(dirs[d]), only=args.only,
+                                           spectral={"alexnet_weights": args.alexnet_weights})
+        compile_cache.log_stats()  # with --jobs, each process that compiled logs its own
     if args.no_report:
         return None
-    if not args.only or set(args.only) >= set(PIPELINES):
-        run_record(ctx, t0, seconds, args.jobs)
-    write_report(ctx)
-    print(f"wrote {ctx.out / 'REPORT.md'} in {time.time() - t0:.0f} s")
-    refresh_readme(ctx)
+    for d in datasets:
+        if not args.only or set(args.only) >= set(PIPELINES):
+            run_record(ctxs[d], t0, per_dataset[d], args.jobs)
+        write_report(ctxs[d])
+        print(f"wrote {ctxs[d].out / 'REPORT.md'} in {time.time() - t0:.0f} s")
+    for d in datasets:  # after every report: MNIST's cross-dataset table reads the others
+        refresh_readme(ctxs[d])
 
 
 def full_run_line(ctx: common.Context) -> str:

@@ -78,6 +78,31 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def claimed(path: str | os.PathLike) -> Iterator[bool]:
+    """Tries to take the exclusive advisory lock on ``path`` (created if missing) without waiting: yields
+    True, holding it for the ``with`` block, or False where another process holds it (then nothing is held).
+    Processes sharing a workdir split a list of cached steps this way: each computes the steps it claims
+    and skips those another is computing. POSIX ``flock``; where the platform has none, always True."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per workdir
+        yield True
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def write_json(path, obj) -> None:
     """``obj`` as indented JSON (one trailing newline), written atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

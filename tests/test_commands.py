@@ -145,3 +145,52 @@ def test_a_parallel_runs_processes_get_the_run_as_given(tmp_path):
     for bad in (["--jobs", "0"], ["--cpu", "100000"]):  # no such core: an error naming it, not a silent run
         with pytest.raises(SystemExit):
             reproduce.main(bad)
+
+
+def test_a_free_core_helps_a_running_pipeline_until_it_ends(tmp_path, capsys):
+    """Once no pipeline waits for a core, a free one gets a helper for a running pipeline that has steps to
+    share (earliest first), never a second after a helper ended, and helpers stop with their pipeline;
+    only the pipelines' seconds are returned."""
+    import sys
+    from experiments import reproduce
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = ("import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); n = sys.argv[2]; "
+              "(d / (n + '.start')).write_text(str(time.time())); time.sleep(float(sys.argv[3])); "
+              "(d / (n + '.end')).write_text(str(time.time()))")
+    length = {"long": 2.0, "short": 0.3}
+    command = lambda name, core: [sys.executable, "-c", script, str(marks), name, str(length[name])]  # noqa: E731
+    helper = lambda name, core: ([sys.executable, "-c", script, str(marks), name + "-helper", "30"]  # noqa: E731
+                                 if name == "long" else None)
+    seconds = reproduce.run_parallel(["long", "short"], 2, command, tmp_path / "logs", poll_s=0.05, helper=helper)
+    assert set(seconds) == {"long", "short"}
+    started = float((marks / "long-helper.start").read_text())
+    assert started >= float((marks / "short.end").read_text())  # only once short was done and its core free
+    assert not (marks / "long-helper.end").exists()  # stopped with its pipeline, not left running
+    out = capsys.readouterr().out
+    assert out.count("[long] helper started") == 1 and (tmp_path / "logs" / "long.helper1.log").exists()
+
+
+def test_several_datasets_make_one_queue_longest_pipelines_first(tmp_path, monkeypatch):
+    """``--dataset mnist fashion_mnist --jobs 2``: one queue of (dataset, pipeline) processes, each
+    pipeline's datasets side by side in the longest-first order, each process given its own dataset;
+    helpers only for the pipelines that share steps, writing their results under the workdir."""
+    from experiments import common, reproduce
+    seen = {}
+
+    def fake_run_parallel(names, jobs, command, logs, poll_s=1.0, helper=None):
+        seen.update(names=list(names), command={n: command(n, None) for n in names},
+                    helper={n: helper(n, None) for n in names}, logs=logs)
+        return {n: 1.0 for n in names}
+    monkeypatch.setattr(reproduce, "run_parallel", fake_run_parallel)
+    monkeypatch.setattr(common, "setup", lambda args: None)
+    reproduce.main(["--dataset", "mnist", "fashion_mnist", "--jobs", "2", "--no-report", "--only", "units", "advtrain",
+                    "--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
+    assert seen["names"] == ["mnist/advtrain", "fashion_mnist/advtrain", "mnist/units", "fashion_mnist/units"]
+    argv = seen["command"]["fashion_mnist/units"]
+    assert argv[argv.index("--dataset") + 1] == "fashion_mnist" and argv[argv.index("--only") + 1] == "units"
+    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "w")  # the child adds the dataset's subfolder
+    assert seen["helper"]["mnist/units"] is None
+    h = seen["helper"]["fashion_mnist/advtrain"]
+    assert h[h.index("--results") + 1] == str(tmp_path / "w" / "helper_results") and "fashion_mnist" in h
+    assert seen["logs"] == tmp_path / "w" / "logs"

@@ -86,3 +86,45 @@ def test_recorded_minutes_counts_each_computation_once(tmp_path):
         "models": {"m": {"train_wall_s": 60, "computed_at": inside}},
         "study": [{"wall_s_mean": 30, "test_errors": [0.1, 0.2], "computed_at": [inside, before]}]}))
     assert runtime.recorded_minutes([tmp_path / "b.json"]) == (60 + 120 + 30) / 60
+
+
+def test_a_claimed_step_is_computed_once_and_the_others_wait_for_it(tmp_path):
+    """``storage.claimed`` takes a lock only where it is free; ``harness.sharing.each`` computes the steps it
+    claims, skips one another holder is computing, then waits for it and reads what that holder cached —
+    results in the steps' order, as one process alone would return them."""
+    import threading
+    import time
+    from experiments.harness import sharing
+    lock = tmp_path / "x.lock"
+    with storage.claimed(lock) as first:
+        with storage.claimed(lock) as second:  # another open file: flock says held (as for another process)
+            assert first and not second
+    with storage.claimed(lock) as again:
+        assert again  # released after the block
+
+    cache, computed = {}, []
+
+    def step(name):
+        def run():
+            if name not in cache:
+                computed.append((name, threading.current_thread().name))
+                cache[name] = name.upper()
+            return cache[name]
+        return run
+
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():  # holds b's lock, computes b, then lets go
+        with storage.exclusive(sharing.lock_path(tmp_path, "phase", "b")):
+            held.set()
+            release.wait(5)
+            time.sleep(0.2)
+            step("b")()
+    other = threading.Thread(target=other_process, name="other")
+    other.start()
+    held.wait(5)
+    release.set()
+    out = sharing.each({n: step(n) for n in "abc"}, tmp_path, "phase")
+    other.join()
+    assert list(out.items()) == [("a", "A"), ("b", "B"), ("c", "C")]
+    assert sorted(computed) == [("a", "MainThread"), ("b", "other"), ("c", "MainThread")]
