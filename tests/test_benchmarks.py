@@ -47,3 +47,18 @@ def test_the_torch_copy_computes_the_jax_models_logits(name):
     with torch.no_grad():
         got = attackbench.torch_copy(name, params)(torch.tensor(x)).numpy()
     np.testing.assert_allclose(got, np.asarray(model.apply(params, x)), atol=1e-4)
+
+
+def test_the_solver_cost_benchmark_writes_one_row_per_size(tmp_path, capsys):
+    """``benchmarks.solver_cost``: a row per (rows, history) with both times positive and the solver's share
+    between 0 and 1; a non-positive size is an error naming the flag."""
+    import json
+    from benchmarks import solver_cost
+    out = tmp_path / "cost.json"
+    solver_cost.main(["--rows", "4", "--history", "2", "3", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["rows"], r["history"]) for r in rows] == [(4, 2), (4, 3)]
+    assert all(r["solver_ms"] > 0 and r["model_ms"] > 0 and 0 < r["solver_share"] < 1 for r in rows)
+    with pytest.raises(SystemExit):
+        solver_cost.main(["--rows", "0"])
+    assert "--rows" in capsys.readouterr().err
