@@ -197,17 +197,13 @@ def run_line(ctx: common.Context) -> str:
     return (f"**The run:** `{p['command']}` at commit `{str(code.get('commit'))[:10]}`"
             f"{' (dirty tree)' if code.get('dirty') else ''}: {p['wall_time_s'] / 60:.0f} min wall, "
             f"{r['jobs']} pipeline(s) at a time, {p['machine']}, {p['date'][:10]}; "
-            + ("every pipeline's result file here was made by that commit"
-               + (" (the recipe study, `training_study.json`, is a command of its own: read its own \"Made by\" line)."
-                  if (ctx.out / "training_study.json").exists() else ".") if same else
+            + ("every result file here was made by that commit." if same else
                f"the result files here were made by {len(made)} commit(s): read each with its own \"Made by\" line.") + "\n")
 
 
-def write_report(ctx: common.Context, others: bool = True) -> str:
+def write_report(ctx: common.Context) -> str:
     """Renders every section from the JSON present in ``ctx.out`` (rewriting its Markdown file) and
-    assembles REPORT.md; with ``others``, then re-renders the reports that read this one's results: MNIST's
-    (its cross-dataset table) after another dataset's, every other dataset's (MNIST's numbers beside theirs)
-    after MNIST's."""
+    assembles REPORT.md."""
     sections, mnist_out = [], ctx.out.parent if ctx.dataset != "mnist" else None
     for name, (module, filename, md) in PIPELINES.items():
         path = ctx.out / filename
@@ -236,11 +232,8 @@ def write_report(ctx: common.Context, others: bool = True) -> str:
                                               {n: s.title for n, s in data.DATASETS.items()}))
     text = header + "\n" + "\n".join(s for s in sections if s)
     storage.write_text(ctx.out / "REPORT.md", text)
-    if others and ctx.dataset != "mnist" and (ctx.out.parent / "REPORT.md").exists():  # its cross-dataset table
-        write_report(dataclasses.replace(ctx, results=str(ctx.out.parent), dataset="mnist"), others=False)
-    if others and ctx.dataset == "mnist":  # the other datasets' reports show MNIST's numbers beside theirs
-        for name in (n for n in data.DATASETS if n != "mnist" and (ctx.out / n / "REPORT.md").exists()):
-            write_report(dataclasses.replace(ctx, results=str(ctx.out / name), dataset=name), others=False)
+    if ctx.dataset != "mnist" and (ctx.out.parent / "REPORT.md").exists():  # MNIST's report: its cross-dataset table
+        write_report(dataclasses.replace(ctx, results=str(ctx.out.parent), dataset="mnist"))
     return text
 
 

@@ -59,10 +59,31 @@ def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
-    """Takes the exclusive advisory lock on ``path`` (created if missing): yields True, holding it for the
-    ``with`` block, or (``wait=False`` only) False where another process holds it, then holding nothing.
-    POSIX ``flock``; where the platform has none, no lock is taken and it yields True."""
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block: processes that
+    share a workdir (``experiments.reproduce --jobs``) compute a cached file once, the second waiting for the
+    first and then reading its result. POSIX ``flock``; where the platform has none, no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per workdir
+        yield
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def claimed(path: str | os.PathLike) -> Iterator[bool]:
+    """Tries to take the exclusive advisory lock on ``path`` (created if missing) without waiting: yields
+    True, holding it for the ``with`` block, or False where another process holds it (then nothing is held).
+    Processes sharing a workdir split a list of cached steps this way: each computes the steps it claims
+    and skips those another is computing. POSIX ``flock``; where the platform has none, always True."""
     try:
         import fcntl
     except ImportError:  # not POSIX: one process per workdir
@@ -72,7 +93,7 @@ def _flock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -80,23 +101,6 @@ def _flock(path: str | os.PathLike, wait: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def exclusive(path: str | os.PathLike) -> Iterator[None]:
-    """Holds an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block: processes that
-    share a workdir (``experiments.reproduce --jobs``) compute a cached file once, the second waiting for the
-    first and then reading its result. POSIX ``flock``; where the platform has none, no lock is taken."""
-    with _flock(path, wait=True):
-        yield
-
-
-def claimed(path: str | os.PathLike) -> contextlib.AbstractContextManager[bool]:
-    """Tries to take the exclusive advisory lock on ``path`` (created if missing) without waiting: yields
-    True, holding it for the ``with`` block, or False where another process holds it (then nothing is held).
-    Processes sharing a workdir split a list of cached steps this way: each computes the steps it claims
-    and skips those another is computing. POSIX ``flock``; where the platform has none, always True."""
-    return _flock(path, wait=False)
 
 
 def write_json(path, obj) -> None:

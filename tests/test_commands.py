@@ -195,27 +195,3 @@ def test_several_datasets_make_one_queue_longest_pipelines_first(tmp_path, monke
     assert h[h.index("--results") + 1] == str(tmp_path / "w" / "helper_results") and "fashion_mnist" in h
     assert seen["logs"] == tmp_path / "w" / "logs"
 
-
-def test_each_datasets_report_is_rerendered_when_the_other_changes(tmp_path, monkeypatch):
-    """A dataset's tables show MNIST's numbers beside its own, and MNIST's report holds the cross-dataset
-    table: writing either report re-renders the other, so neither shows the other's numbers as they were."""
-    import types
-    from experiments import common, reproduce
-    from experiments.harness import cross_dataset
-
-    def render(result, beside=None):
-        return f"## x\n\nours {result['v']}, MNIST's {beside['v'] if beside else '-'}\n"
-    monkeypatch.setattr(reproduce, "PIPELINES", {"x": (types.SimpleNamespace(render=render), "x.json", "x.md")})
-    monkeypatch.setattr(cross_dataset, "section", lambda *a, **k: "")
-    mnist = common.Context(results=str(tmp_path), dataset="mnist")
-    fashion = common.Context(results=str(tmp_path / "fashion_mnist"), dataset="fashion_mnist")
-    (tmp_path / "fashion_mnist").mkdir()
-    (tmp_path / "fashion_mnist" / "x.json").write_text(json.dumps({"v": 2}))
-    (tmp_path / "x.json").write_text(json.dumps({"v": 1}))
-    reproduce.write_report(mnist)
-    reproduce.write_report(fashion)
-    assert "ours 2, MNIST's 1" in (tmp_path / "fashion_mnist" / "x.md").read_text()
-    (tmp_path / "x.json").write_text(json.dumps({"v": 3}))  # MNIST rerun after Fashion-MNIST's
-    reproduce.write_report(mnist)
-    assert "ours 2, MNIST's 3" in (tmp_path / "fashion_mnist" / "x.md").read_text()
-    assert "ours 2, MNIST's 3" in (tmp_path / "fashion_mnist" / "REPORT.md").read_text()
