@@ -30,9 +30,14 @@ from benchmarks import matrix
 from benchmarks.attack_speed import _import_foolbox, _pin
 
 
-# our attack's configurations: its defaults, and a longer boundary walk (the refinement that reads the
-# boundary's shape, where max pooling makes the solver's curvature estimates poor)
-OURS = {"ours (defaults)": {}, "ours, walk 100 steps": {"walk_steps": 100}}
+# our attack's configurations: its defaults, a longer boundary walk (the refinement that reads the
+# boundary's shape, where max pooling makes the solver's curvature estimates poor), and the untargeted attack
+# with one solve per image (``search="one"``, the targeted attack unchanged) with either walk; "search" is
+# ``lbfgs_attack_untargeted``'s argument, every other key an ``AttackConfig`` field
+OURS = {"ours (defaults)": {}, "ours, walk 100 steps": {"walk_steps": 100},
+        "ours, one solve": {"search": "one"}, "ours, one solve, walk 100 steps": {"search": "one", "walk_steps": 100}}
+PEERS = ("foolbox DDN (100 steps)", "foolbox C&W (9 × 100 steps)", "adv-lib ALMA (1,000 steps)", "adv-lib DDN (1,000 steps)",
+         "adv-lib FMN (1,000 steps)", "adv-lib FAB (100 iterations)")
 
 
 def import_adv_lib():
@@ -108,11 +113,13 @@ def optimality(d: dict) -> dict:
     return {a: float(best.mean() / np.minimum(v, e).mean()) for a, v in d.items()}
 
 
-def peers(fb, al, fn, net, x, goal, targeted: bool) -> dict:
-    """name -> (call returning adversarial images, evaluations per image it budgets)."""
+def peers(fb, al, fn, net, x, goal, targeted: bool, wanted=None) -> dict:
+    """name -> (call returning adversarial images, evaluations per image it budgets), for the names in
+    ``wanted`` (default: ``PEERS``)."""
     import jax.numpy as jnp
     import numpy as np
     import torch
+    wanted = PEERS if wanted is None else wanted
     xt, gt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(goal).astype(np.int64))
     fmodel = fb.JAXModel(fn, bounds=(0, 1))
     criterion = (fb.criteria.TargetedMisclassification(jnp.asarray(goal)) if targeted
@@ -123,12 +130,14 @@ def peers(fb, al, fn, net, x, goal, targeted: bool) -> dict:
 
     def adv_lib(attack, **kw):
         return lambda: attack(net, xt, gt, targeted=targeted, **kw).numpy()
-    return {"foolbox DDN (100 steps)": (foolbox(fb.attacks.DDNAttack()), 100),
+    calls = {"foolbox DDN (100 steps)": (foolbox(fb.attacks.DDNAttack()), 100),
             "foolbox C&W (9 × 100 steps)": (foolbox(fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=100)), 900),
             "adv-lib ALMA (1,000 steps)": (adv_lib(al.alma, num_steps=1000), 1000),
             "adv-lib DDN (1,000 steps)": (adv_lib(al.ddn, steps=1000, levels=None), 1000),
             "adv-lib FMN (1,000 steps)": (adv_lib(al.fmn, norm=2, steps=1000), 1000),
             "adv-lib FAB (100 iterations)": (adv_lib(al.fab, norm=2, n_iter=100), 100 * (1 + 10))}
+    assert tuple(calls) == PEERS
+    return {name: call for name, call in calls.items() if name in wanted}
 
 
 def measure(model, params, x, y, goal, targeted: bool, calls: dict) -> list[dict]:
@@ -182,7 +191,9 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=list(matrix.MATRIX), choices=list(matrix.MATRIX))
     p.add_argument("--goals", nargs="+", default=["untargeted", "targeted"], choices=["untargeted", "targeted"])
     p.add_argument("--images", type=int, default=64)
-    p.add_argument("--ours", nargs="+", default=list(OURS), choices=list(OURS), help="our configurations to run")
+    p.add_argument("--ours", nargs="+", default=list(OURS)[:2], choices=list(OURS), help="our configurations to run")
+    p.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS),
+                   help="the peers' attacks to run (optimality is relative to the best of the attacks run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default="workdir")
     p.add_argument("--out", default="benchmarks/attackbench.json")
@@ -213,11 +224,13 @@ def main(argv=None):
         for goal_name in args.goals:
             targeted = goal_name == "targeted"
             goal = t if targeted else y
-            def ours(cfg):
+            def ours(changes):
+                cfg = attacks.AttackConfig(**{k: v for k, v in changes.items() if k != "search"})
+                search = {k: v for k, v in changes.items() if k == "search"}  # else the attack's default
                 return ((lambda: attacks.lbfgs_attack(fn, x, t, config=cfg)) if targeted
-                        else (lambda: attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg)))
-            calls = {**{label: (ours(attacks.AttackConfig(**changes)), None) for label, changes in OURS.items()
-                        if label in args.ours}, **peers(fb, al, fn, net, x, goal, targeted)}
+                        else (lambda: attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)))
+            calls = {**{label: (ours(changes), None) for label, changes in OURS.items() if label in args.ours},
+                     **peers(fb, al, fn, net, x, goal, targeted, args.peers)}
             for row in measure(model, params, x, y, goal, targeted, calls):
                 rows.append({"model": name, "goal": goal_name, **row})
                 print(table([rows[-1]]).splitlines()[-1], flush=True)
