@@ -32,10 +32,12 @@ from benchmarks.attack_speed import _import_foolbox, _pin
 
 # our attack's configurations: its defaults, a longer boundary walk (the refinement that reads the
 # boundary's shape, where max pooling makes the solver's curvature estimates poor), and the untargeted attack
-# with one solve per image (``search="one"``, the targeted attack unchanged) with either walk; "search" is
+# with one solve per image (``search="one"``, the targeted attack unchanged) with either walk, or with the nearest
+# class's targeted solve beside it (``"one+1"``); "search" is
 # ``lbfgs_attack_untargeted``'s argument, every other key an ``AttackConfig`` field
 OURS = {"ours (defaults)": {}, "ours, walk 100 steps": {"walk_steps": 100},
-        "ours, one solve": {"search": "one"}, "ours, one solve, walk 100 steps": {"search": "one", "walk_steps": 100}}
+        "ours, one solve": {"search": "one"}, "ours, one solve, walk 100 steps": {"search": "one", "walk_steps": 100},
+        "ours, one solve + the nearest class": {"search": "one+1"}}
 PEERS = ("foolbox DDN (100 steps)", "foolbox C&W (9 × 100 steps)", "adv-lib ALMA (1,000 steps)", "adv-lib DDN (1,000 steps)",
          "adv-lib FMN (1,000 steps)", "adv-lib FAB (100 iterations)")
 
