@@ -327,14 +327,13 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
     decision boundary is nearest at the clean image by the linearised estimate ``(z_label − z_j) /
     ‖∇(z_label − z_j)‖`` (DeepFool's), keeping the smallest success: m solves per image.
     ``search="one+M"``: both, the shorter success of the untargeted solve and the M nearest classes'.
-    Every search solves all of an image's candidates in one attack (one compiled program whatever the
-    mix of untargeted and targeted rows), images in blocks of ``max_rows`` // (candidates per image).
 
     Args:
       logits_fn: as for ``lbfgs_attack``.
       images: ``[N, ...]`` floats inside ``config.box``; labels: ``[N]`` their true labels.
       config: ``AttackConfig`` (default ``AttackConfig()``).
-      max_rows: (image, candidate) problems held at once (8192 MNIST problems: ~25 MB per array).
+      max_rows: (image, target) problems held at once by ``search="all"`` (8192 MNIST problems: ~25 MB
+        per array).
       search: ``"one+2"`` (default), ``"all"`` (K − 1 targeted solves per image), ``"one"`` (one
         untargeted solve), an int m (the m nearest classes' targeted solves) or ``"one+M"`` (1 + M solves).
 
@@ -349,31 +348,33 @@ def lbfgs_attack_untargeted(logits_fn: LogitsFn, images: jax.Array, labels: jax.
     nearest = _nearest_count(search)
     k = _validate(logits_fn, images, labels, cfg.box, targets_name="labels")
     away = refine.untargeted(jnp.asarray(labels, jnp.int32))
-    m = k - 1 if search == "all" else min(nearest, k - 1)
-    best = _over_targets(logits_fn, images, labels, k, m, cfg, max_rows,
-                         untargeted=isinstance(search, str) and search.startswith("one"))
+    if isinstance(search, str) and search.startswith("one"):
+        best = _attack(logits_fn, images, away, cfg, rescue=False)
+        if nearest:
+            near = _over_targets(logits_fn, images, labels, k, min(nearest, k - 1), cfg, max_rows)
+            best = _shortest(jax.tree.map(lambda *a: jnp.stack(a, axis=1), best, near))
+    else:
+        best = _over_targets(logits_fn, images, labels, k, k - 1 if search == "all" else min(search, k - 1), cfg,
+                             max_rows)
     # an image no candidate reached a wrong class on is searched again, untargeted
     return _rescue(logits_fn, images, away, best, cfg) if validate.is_concrete(images) else best
 
 
-def _over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig, max_rows: int,
-                  untargeted: bool = False) -> AttackResult:
-    """The shortest success over each image's candidates: ``untargeted``, one untargeted solve, and m
-    targeted solves (all K − 1 wrong classes, or the m nearest), every candidate of every image in one
-    attack (one compilation), in blocks of ``max_rows // (candidates per image)`` images."""
-    width = m + untargeted
-    if max_rows < width:
-        raise ValueError(f"max_rows must hold one image's {width} candidate solves, got {max_rows}")
+def _over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig, max_rows: int) -> AttackResult:
+    """The shortest success over m targeted solves per image (all K − 1 wrong classes, or the m nearest),
+    in blocks of ``max_rows // m`` images."""
+    if max_rows < m:
+        raise ValueError(f"max_rows must hold one image's {m} targets, got {max_rows}")
     images = jnp.asarray(images, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
-    n, per = images.shape[0], max_rows // width
+    n, per = images.shape[0], max_rows // m
     if n <= per:
-        return _closest_over_targets(logits_fn, images, labels, k, m, cfg, untargeted)
+        return _closest_over_targets(logits_fn, images, labels, k, m, cfg)
     parts = []
     for start in range(0, n, per):
         stop = min(start + per, n)
         res = _closest_over_targets(logits_fn, storage.pad_rows(images[start:stop], per),
-                                    storage.pad_rows(labels[start:stop], per), k, m, cfg, untargeted)
+                                    storage.pad_rows(labels[start:stop], per), k, m, cfg)
         parts.append(jax.tree.map(lambda a: a[: stop - start], res))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
@@ -390,18 +391,13 @@ def _nearest_count(search) -> int:
     raise ValueError(f"search must be 'all', 'one', 'one+M' or a number of classes M >= 1, got {search!r}")
 
 
-def _shortest(res: AttackResult, width: int) -> AttackResult:
-    """Per image, the successful candidate with the smallest ‖r‖₂ (``res``: ``width`` consecutive rows per
-    image; the first if none succeeded); its ``grad_evals`` is every candidate's together, the image's whole
-    work. On concrete results the gathers run in NumPy (as jax ops, each would compile on a first call:
-    ~0.5 s)."""
-    xp = np if validate.is_concrete(res.l2) else jnp
-    stacked = jax.tree.map(lambda a: xp.asarray(a).reshape((-1, width) + a.shape[1:]), res)
-    pick = xp.argmin(xp.where(stacked.success, stacked.l2, xp.inf), axis=1)
-    best = jax.tree.map(lambda a: xp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
+def _shortest(stacked: AttackResult) -> AttackResult:
+    """Per image, the successful candidate with the smallest ‖r‖₂ (``stacked``: candidates on axis 1; the
+    first if none succeeded); its ``grad_evals`` is every candidate's together, the image's whole work."""
+    pick = jnp.argmin(jnp.where(stacked.success, stacked.l2, jnp.inf), axis=1)
+    best = jax.tree.map(lambda a: jnp.take_along_axis(a, pick.reshape((-1, 1) + (1,) * (a.ndim - 2)), axis=1)[:, 0],
                         stacked)
-    best = best._replace(grad_evals=stacked.grad_evals.sum(axis=1).astype(stacked.grad_evals.dtype))
-    return jax.tree.map(jnp.asarray, best) if xp is np else best
+    return best._replace(grad_evals=stacked.grad_evals.sum(axis=1))
 
 
 @jax.jit
@@ -417,21 +413,15 @@ def _boundary_estimates(logits_fn, images, labels):
     return jax.vmap(one)(images, labels)
 
 
-def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig,
-                          untargeted: bool = False) -> AttackResult:
+def _closest_over_targets(logits_fn, images, labels, k: int, m: int, cfg: AttackConfig) -> AttackResult:
     n = images.shape[0]
     if m == k - 1:
         wrong = (labels[:, None] + jnp.arange(1, k)[None, :]) % k  # [N, K-1], never the label
-    elif m:  # the m nearest by the linearised estimate
+    else:  # the m nearest by the linearised estimate
         wrong = jnp.argsort(_boundary_estimates(_engine.as_partial(logits_fn), images, labels), axis=1)[:, :m]
-    else:
-        wrong = jnp.zeros((n, 0), jnp.int32)
-    if untargeted:  # first: where candidates tie, the untargeted solve's is kept
-        wrong = jnp.concatenate([refine.untargeted(labels)[:, None], wrong.astype(jnp.int32)], axis=1)
-    width = wrong.shape[1]
-    res = _attack(logits_fn, jnp.repeat(images, width, axis=0), wrong.reshape(-1), cfg, rescue=False)
-    best = _shortest(res, width) if width > 1 else res
-    return best if m in (0, k - 1) else best._replace(grad_evals=best.grad_evals + k)  # the estimate's K gradients
+    res = _attack(logits_fn, jnp.repeat(images, m, axis=0), wrong.reshape(-1), cfg, rescue=False)
+    best = _shortest(jax.tree.map(lambda a: a.reshape((n, m) + a.shape[1:]), res))
+    return best if m == k - 1 else best._replace(grad_evals=best.grad_evals + k)  # the estimate's K gradients
 
 
 # ---- datasets --------------------------------------------------------------------------------
