@@ -115,13 +115,12 @@ def optimality(d: dict) -> dict:
     return {a: float(best.mean() / np.minimum(v, e).mean()) for a, v in d.items()}
 
 
-def peers(fb, al, fn, net, x, goal, targeted: bool, wanted=None) -> dict:
+def peers(fb, al, fn, net, x, goal, targeted: bool, wanted=PEERS) -> dict:
     """name -> (call returning adversarial images, evaluations per image it budgets), for the names in
-    ``wanted`` (default: ``PEERS``)."""
+    ``wanted``."""
     import jax.numpy as jnp
     import numpy as np
     import torch
-    wanted = PEERS if wanted is None else wanted
     xt, gt = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(goal).astype(np.int64))
     fmodel = fb.JAXModel(fn, bounds=(0, 1))
     criterion = (fb.criteria.TargetedMisclassification(jnp.asarray(goal)) if targeted
