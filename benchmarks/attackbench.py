@@ -33,11 +33,22 @@ from benchmarks.attack_speed import _import_foolbox, _pin
 # our attack's configurations: its defaults, a longer boundary walk (the refinement that reads the
 # boundary's shape, where max pooling makes the solver's curvature estimates poor), and the untargeted attack
 # with one solve per image (``search="one"``, the targeted attack unchanged) with either walk, or with the nearest
-# class's targeted solve beside it (``"one+1"``); "search" is
+# class's targeted solve beside it (``"one+1"``), or beside it only where the one solve reached another class
+# (``one_then_nearest``, a composition of the public attacks); or the defaults' result polished by ALMA's
+# steps (``polish.alma_polish``: "polish" is (steps, first learning rate)); "search" is
 # ``lbfgs_attack_untargeted``'s argument, every other key an ``AttackConfig`` field
+ONE_THEN_NEAREST = "one, then the nearest class where it differs"
 OURS = {"ours (defaults)": {}, "ours, walk 100 steps": {"walk_steps": 100},
+        "ours, walk 300 steps": {"walk_steps": 300},
+        "ours, walk 300 steps, γ 0.002": {"walk_steps": 300, "walk_gamma": 0.002},
+        "ours, walk 100 steps, γ 0.01": {"walk_steps": 100, "walk_gamma": 0.01},
         "ours, one solve": {"search": "one"}, "ours, one solve, walk 100 steps": {"search": "one", "walk_steps": 100},
-        "ours, one solve + the nearest class": {"search": "one+1"}}
+        "ours, one solve + the nearest class": {"search": "one+1"},
+        "ours, one solve + the nearest class where it differs": {"search": ONE_THEN_NEAREST},
+        **{f"ours{'' if search is None else ', ' + search}, then {steps} of ALMA's steps (lr {lr:g})":
+           {"polish": (steps, lr), **({} if search is None else {"search": search})}
+           for search, steps, lr in ((None, 100, 0.01), (None, 100, 0.03), (None, 300, 0.03), (None, 300, 0.1),
+                                     (None, 600, 0.03), ("one+1", 300, 0.03), ("one", 300, 0.03))}}
 PEERS = ("foolbox DDN (100 steps)", "foolbox C&W (9 × 100 steps)", "adv-lib ALMA (1,000 steps)", "adv-lib DDN (1,000 steps)",
          "adv-lib FMN (1,000 steps)", "adv-lib FAB (100 iterations)")
 
@@ -106,6 +117,53 @@ def torch_copy(name: str, params):
     return Copy().eval()
 
 
+def one_then_nearest(fn, x, y, cfg):
+    """The untargeted attack with one solve per image (``search="one"``), then the targeted attack toward
+    the nearest class by the linearised estimate at the clean image (DeepFool's, as ``search="one+1"``
+    uses) only on the images whose solve failed or reached another class; per image the shorter success.
+    The redone images go through padded to the next power of two (at least 8), so a call compiles for
+    few sizes; ``grad_evals`` counts the solve, the estimate's K gradients and the redo's rows (not the
+    padding's).
+
+    Returns:
+      a namespace with ``adversarial`` ``[N, ...]``, ``grad_evals`` ``[N]`` and ``redone`` (how many
+      images took the second solve).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from intriguing_jax import attacks
+    one = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="one")
+    estimate = attacks._boundary_estimates(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32))
+    k = estimate.shape[1]
+    nearest = np.asarray(jnp.argmin(estimate, axis=1))
+    adv, l2 = np.array(one.adversarial), np.where(np.asarray(one.success), np.asarray(one.l2), np.inf)
+    evals = np.asarray(one.grad_evals) + k
+    redo = np.flatnonzero(~np.asarray(one.success) | (np.asarray(one.prediction) != nearest))
+    if len(redo):
+        size = min(max(8, 1 << (len(redo) - 1).bit_length()), max(len(x), 8))
+        rows = np.concatenate([redo, np.full(size - len(redo), redo[0])])
+        res = attacks.lbfgs_attack(fn, jnp.asarray(x)[rows], jnp.asarray(nearest[rows]), config=cfg)
+        ok = np.asarray(res.success)[: len(redo)] & (np.asarray(res.l2)[: len(redo)] < l2[redo])
+        adv[redo[ok]] = np.asarray(res.adversarial)[: len(redo)][ok]
+        evals[redo] += np.asarray(res.grad_evals)[: len(redo)]
+    return types.SimpleNamespace(adversarial=adv, grad_evals=evals, redone=len(redo))
+
+
+def polished(fn, x, y, cfg, steps: int, lr: float, **search):
+    """``lbfgs_attack_untargeted``'s result (``cfg``, ``search`` if given) polished by ``steps`` of ALMA's
+    steps from it (``polish.alma_polish``); ``grad_evals`` both together."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.polish import alma_polish
+    from intriguing_jax import attacks
+    res = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)
+    adv, _ = alma_polish(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32), res.adversarial, steps=steps, lr_init=lr)
+    # concrete arrays: ``measure``'s timer blocks on pytrees of arrays, not on a namespace
+    return types.SimpleNamespace(adversarial=np.asarray(adv), grad_evals=np.asarray(res.grad_evals) + steps)
+
+
 def optimality(d: dict) -> dict:
     """AttackBench's optimality per attack: ``d`` attack -> per-image distances (inf: failed)."""
     import numpy as np
@@ -166,6 +224,7 @@ def measure(model, params, x, y, goal, targeted: bool, calls: dict) -> list[dict
                     "median_l2": float(np.median(d[ok])) if ok.any() else None,
                     "mean_l2": float(d[ok].mean()) if ok.any() else None, "evals_per_image": evals,
                     "evals_counted": hasattr(res, "grad_evals"),
+                    **({"redone": res.redone} if hasattr(res, "redone") else {}),
                     "l2_per_image": [float(v) if k else None for v, k in zip(d, ok)]})
     opt = optimality(dist)
     best = np.minimum.reduce(list(dist.values()))
@@ -226,10 +285,15 @@ def main(argv=None):
             targeted = goal_name == "targeted"
             goal = t if targeted else y
             def ours(changes):
-                cfg = attacks.AttackConfig(**{k: v for k, v in changes.items() if k != "search"})
+                cfg = attacks.AttackConfig(**{k: v for k, v in changes.items() if k not in ("search", "polish")})
                 search = {k: v for k, v in changes.items() if k == "search"}  # else the attack's default
-                return ((lambda: attacks.lbfgs_attack(fn, x, t, config=cfg)) if targeted
-                        else (lambda: attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)))
+                if targeted:
+                    return lambda: attacks.lbfgs_attack(fn, x, t, config=cfg)
+                if search.get("search") == ONE_THEN_NEAREST:
+                    return lambda: one_then_nearest(fn, x, y, cfg)
+                if "polish" in changes:
+                    return lambda: polished(fn, x, y, cfg, *changes["polish"], **search)
+                return lambda: attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)
             calls = {**{label: (ours(changes), None) for label, changes in OURS.items() if label in args.ours},
                      **peers(fb, al, fn, net, x, goal, targeted, args.peers)}
             for row in measure(model, params, x, y, goal, targeted, calls):

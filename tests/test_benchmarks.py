@@ -62,3 +62,63 @@ def test_the_solver_cost_benchmark_writes_one_row_per_size(tmp_path, capsys):
     with pytest.raises(SystemExit):
         solver_cost.main(["--rows", "0"])
     assert "--rows" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def linear():
+    import jax
+
+    from intriguing_jax import models, train
+    model = models.build("FC10(1e-4)")
+    params, _ = train.fit(model, MNIST.train, jax.random.key(1), train.TrainConfig(epochs=10, batch_size=50))
+    return model, params
+
+
+def test_alma_polish_shortens_a_long_adversarial_toward_the_exact_minimum(linear):
+    """``polish.alma_polish`` from an adversarial example 1.5× too long, on softmax regression (where the
+    exact untargeted minimum is the smallest over wrong classes of ``exact.linear_min_l2``): every result
+    adversarial, never longer than its start, never below the minimum, and most of the excess gone."""
+    import jax.numpy as jnp
+    from jax.tree_util import Partial
+
+    from benchmarks.polish import alma_polish
+    from intriguing_jax import attacks, exact, train
+    model, params = linear
+    ok = np.flatnonzero(train.predict(model.apply, params, MNIST.test.images) == MNIST.test.labels)[:8]
+    x, y = MNIST.test.images[ok], MNIST.test.labels[ok]
+    fn = Partial(model.apply, params)
+    res = attacks.lbfgs_attack_untargeted(fn, x, y)
+    start = np.clip(x + 1.5 * (np.asarray(res.adversarial) - x), 0, 1)
+    keep = np.asarray(train.predict(model.apply, params, start)) != y
+    x, y, start = x[keep], y[keep], start[keep]
+    assert len(x) >= 4
+    adv, l2 = alma_polish(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(start), steps=100, lr_init=0.01)
+    adv, l2 = np.asarray(adv), np.asarray(l2)
+    W = np.asarray(params["params"]["dense_0"]["kernel"], np.float64)
+    b = np.asarray(params["params"]["dense_0"]["bias"], np.float64)
+    minimum = np.array([min(exact.linear_min_l2(W, b, x[i], j) for j in range(10) if j != y[i]) for i in range(len(x))])
+    start_l2 = np.linalg.norm((start - x).reshape(len(x), -1), axis=1)
+    assert (np.asarray(train.predict(model.apply, params, adv)) != y).all()
+    np.testing.assert_allclose(l2, np.linalg.norm((adv - x).reshape(len(x), -1), axis=1), rtol=1e-5)
+    assert (l2 <= start_l2 + 1e-6).all() and (l2 >= minimum * (1 - 1e-3)).all()
+    assert ((l2 - minimum) / (start_l2 - minimum)).mean() < 0.2, (l2 / minimum, start_l2 / minimum)
+
+
+def test_one_then_nearest_redoes_only_where_the_class_differs_and_never_lengthens(linear):
+    """``attackbench.one_then_nearest``: adversarial everywhere, per image no longer than the one solve's,
+    its evaluations the one solve's plus K plus the redone images' (only theirs grow further)."""
+    from jax.tree_util import Partial
+
+    from intriguing_jax import attacks, train
+    model, params = linear
+    ok = np.flatnonzero(train.predict(model.apply, params, MNIST.test.images) == MNIST.test.labels)[:12]
+    x, y = MNIST.test.images[ok], MNIST.test.labels[ok]
+    fn = Partial(model.apply, params)
+    cfg = attacks.AttackConfig()
+    got = attackbench.one_then_nearest(fn, x, y, cfg)
+    one = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="one")
+    d = np.linalg.norm((got.adversarial - x).reshape(len(x), -1), axis=1)
+    assert (np.asarray(train.predict(model.apply, params, got.adversarial)) != y).all()
+    assert (d <= np.asarray(one.l2) * (1 + 1e-6)).all()
+    extra = got.grad_evals - np.asarray(one.grad_evals) - 10
+    assert (extra >= 0).all() and (extra > 0).sum() == got.redone

@@ -21,7 +21,8 @@ HELP_ONLY = ("experiments.sweep",  # sets the CPU device count, which must prece
              "benchmarks.attack_settings", "benchmarks.attack_speed", "benchmarks.device_check",
              "benchmarks.minimal_l2", "benchmarks.sweep_scaling", "benchmarks.train_speed",
              "benchmarks.untargeted_memory", "benchmarks.untargeted_search",
-             "benchmarks.untargeted_peers", "benchmarks.attackbench", "benchmarks.first_call")
+             "benchmarks.untargeted_peers", "benchmarks.attackbench", "benchmarks.first_call",
+             "benchmarks.polish")
 RUN = ("experiments.train", "experiments.attack", "experiments.reproduce")
 
 
