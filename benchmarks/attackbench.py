@@ -150,16 +150,22 @@ def one_then_nearest(fn, x, y, cfg):
     return types.SimpleNamespace(adversarial=adv, grad_evals=evals, redone=len(redo))
 
 
-def polished(fn, x, y, cfg, steps: int, lr: float, **search):
-    """``lbfgs_attack_untargeted``'s result (``cfg``, ``search`` if given) polished by ``steps`` of ALMA's
-    steps from it (``polish.alma_polish``); ``grad_evals`` both together."""
+def polished(fn, x, y, cfg, steps: int, lr: float, targets=None, **search):
+    """Our attack's result (``cfg``): ``lbfgs_attack_untargeted`` (``search`` if given) on labels ``y``, or
+    with ``targets`` ``lbfgs_attack`` toward them, polished by ``steps`` of ALMA's steps from it
+    (``polish.alma_polish``); ``grad_evals`` both together."""
     import jax.numpy as jnp
     import numpy as np
 
     from benchmarks.polish import alma_polish
     from intriguing_jax import attacks
-    res = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)
-    adv, _ = alma_polish(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32), res.adversarial, steps=steps, lr_init=lr)
+    if targets is None:
+        res = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, **search)
+    else:
+        res = attacks.lbfgs_attack(fn, x, targets, config=cfg)
+    goal = y if targets is None else targets
+    adv, _ = alma_polish(fn, jnp.asarray(x), jnp.asarray(goal, jnp.int32), res.adversarial, steps=steps, lr_init=lr,
+                         targeted=targets is not None)
     # concrete arrays: ``measure``'s timer blocks on pytrees of arrays, not on a namespace
     return types.SimpleNamespace(adversarial=np.asarray(adv), grad_evals=np.asarray(res.grad_evals) + steps)
 
@@ -288,6 +294,8 @@ def main(argv=None):
                 cfg = attacks.AttackConfig(**{k: v for k, v in changes.items() if k not in ("search", "polish")})
                 search = {k: v for k, v in changes.items() if k == "search"}  # else the attack's default
                 if targeted:
+                    if "polish" in changes:
+                        return lambda: polished(fn, x, y, cfg, *changes["polish"], targets=t)
                     return lambda: attacks.lbfgs_attack(fn, x, t, config=cfg)
                 if search.get("search") == ONE_THEN_NEAREST:
                     return lambda: one_then_nearest(fn, x, y, cfg)

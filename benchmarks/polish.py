@@ -26,35 +26,41 @@ def _p2(y, rho, mu):
     return jnp.where(y >= 0, sup, inf)
 
 
-def _dlr(logits, labels, tolerance):
-    """The untargeted difference-of-logits ratio (Croce & Hein 2020, adv-lib's form): < 0 once the label is
-    no longer predicted."""
+def _dlr(logits, labels, tolerance, targeted):
+    """The difference-of-logits ratio (Croce & Hein 2020, adv-lib's form), < 0 once the point is adversarial:
+    untargeted (``labels``: the true labels) once the label trails the best other class by ``tolerance``;
+    targeted (``labels``: the targets) once the target leads every other class by ``tolerance`` (adv-lib adds
+    its tolerance the other way there; here both are strict, so < 0 is the attack's own success test)."""
     own = jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
     other = jnp.max(jnp.where(jax.nn.one_hot(labels, logits.shape[1], dtype=bool), -jnp.inf, logits), 1)
+    if targeted:
+        top = jax.lax.top_k(logits, 4)[0]
+        return (other - own + tolerance) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-8)
     top = jax.lax.top_k(logits, 3)[0]
     return (own - other + tolerance) / (top[:, 0] - top[:, 2] + 1e-8)
 
 
-_HYPER = ("steps", "lr_init", "lr_reduction", "alpha", "tolerance")
+_HYPER = ("steps", "lr_init", "lr_reduction", "alpha", "tolerance", "targeted")
 
 
 def _norm(r):
     return jnp.sqrt(jnp.sum(r.reshape(r.shape[0], -1) ** 2, 1))
 
 
-def _start(logits_fn, x, labels, start):
+def _start(logits_fn, x, labels, start, targeted):
     """The polish's state before its first step: (δ, RMSProp's mean square, momentum, μ, best, best ‖r‖)."""
-    ok = jnp.argmax(logits_fn(start), 1) != labels
+    prediction = jnp.argmax(logits_fn(start), 1)
+    ok = prediction == labels if targeted else prediction != labels
     return (start - x, jnp.ones_like(x), jnp.zeros_like(x), jnp.ones((x.shape[0],), x.dtype), start,
             jnp.where(ok, _norm(start - x), jnp.inf))
 
 
-def _step(logits_fn, x, labels, i, state, *, steps, lr_init, lr_reduction, alpha, tolerance):
+def _step(logits_fn, x, labels, i, state, *, steps, lr_init, lr_reduction, alpha, tolerance, targeted):
     """Step ``i`` of ``alma_polish``: one value-and-gradient."""
     delta, sq, mom, mu, best, best_l2 = state
 
     def objective(d):  # ALMA's order: μ moves toward P2'(dlr) at this point, then the loss uses it
-        dlr = _dlr(logits_fn(x + d), labels, tolerance)
+        dlr = _dlr(logits_fn(x + d), labels, tolerance, targeted)
         new_mu = jax.vmap(jax.grad(_p2))(jax.lax.stop_gradient(dlr), jnp.ones_like(dlr), mu)
         new_mu = jnp.clip(alpha * mu + (1 - alpha) * new_mu, 1e-6, 1e12)
         distance = jnp.sqrt(jnp.sum(d.reshape(d.shape[0], -1) ** 2, 1) + 1e-30)  # differentiable at 0
@@ -75,23 +81,23 @@ def _step(logits_fn, x, labels, i, state, *, steps, lr_init, lr_reduction, alpha
 @functools.partial(jax.jit, static_argnames=_HYPER)
 def _loop(logits_fn, x, labels, start, **hyper):
     state = jax.lax.fori_loop(0, hyper["steps"], lambda i, st: _step(logits_fn, x, labels, i, st, **hyper),
-                              _start(logits_fn, x, labels, start))
+                              _start(logits_fn, x, labels, start, hyper["targeted"]))
     return state[-2], state[-1]
 
 
-_jit_start = jax.jit(_start)
+_jit_start = jax.jit(_start, static_argnames="targeted")
 _jit_step = jax.jit(_step, static_argnames=_HYPER)
 
 
 def alma_polish(logits_fn, x, labels, start, *, steps: int, lr_init: float, lr_reduction: float = 0.01,
-                alpha: float = 0.9, tolerance: float = 1e-4, execution: str = "loop"):
-    """``steps`` of ALMA's untargeted L2 update started at ``start`` (adversarial examples of ``x``), the
+                alpha: float = 0.9, tolerance: float = 1e-4, targeted: bool = False, execution: str = "loop"):
+    """``steps`` of ALMA's L2 update started at ``start`` (adversarial examples of ``x``), the
     learning rate decaying exponentially from ``lr_init`` to ``lr_init * lr_reduction``; per row the
     shortest adversarial point seen (``start`` where none is shorter).
 
     Args:
       logits_fn: ``[N, ...] -> [N, K]`` (a ``jax.tree_util.Partial``); x: clean images in [0, 1]; labels:
-        ``[N]``; start: ``[N, ...]`` the examples to polish.
+        ``[N]`` the true labels, or with ``targeted`` the targets; start: ``[N, ...]`` the examples to polish.
       steps: value-and-gradient evaluations; lr_init: the first step's per-pixel RMSProp step.
       execution: ``"loop"`` (one XLA program) or ``"stepped"`` (one jitted step per Python iteration: on
         XLA:CPU convolutions can run slower inside a loop body, PITFALLS). The same steps; XLA may compile them
@@ -104,12 +110,13 @@ def alma_polish(logits_fn, x, labels, start, *, steps: int, lr_init: float, lr_r
       Rony et al. 2021, "Augmented Lagrangian adversarial attacks" (ALMA; adv-lib's defaults: P2, μ = ρ = 1,
       α = 0.9, ρ never grows once an adversarial point was found, as here from the start).
     """
-    hyper = dict(steps=steps, lr_init=lr_init, lr_reduction=lr_reduction, alpha=alpha, tolerance=tolerance)
+    hyper = dict(steps=steps, lr_init=lr_init, lr_reduction=lr_reduction, alpha=alpha, tolerance=tolerance,
+                 targeted=targeted)
     if execution == "loop":
         return _loop(logits_fn, x, labels, start, **hyper)
     if execution != "stepped":
         raise ValueError(f"execution must be 'loop' or 'stepped', got {execution!r}")
-    state = _jit_start(logits_fn, x, labels, start)
+    state = _jit_start(logits_fn, x, labels, start, targeted)
     for i in range(steps):
         state = _jit_step(logits_fn, x, labels, jnp.asarray(i, jnp.float32), state, **hyper)
     return state[-2], state[-1]

@@ -74,10 +74,12 @@ def linear():
     return model, params
 
 
-def test_alma_polish_shortens_a_long_adversarial_toward_the_exact_minimum(linear):
+@pytest.mark.parametrize("targeted", [False, True])
+def test_alma_polish_shortens_a_long_adversarial_toward_the_exact_minimum(linear, targeted):
     """``polish.alma_polish`` from an adversarial example 1.5× too long, on softmax regression (where the
-    exact untargeted minimum is the smallest over wrong classes of ``exact.linear_min_l2``): every result
-    adversarial, never longer than its start, never below the minimum, and most of the excess gone."""
+    exact minimum is ``exact.linear_min_l2`` toward the target, untargeted the smallest over wrong
+    classes): every result adversarial, never longer than its start, never below the minimum, and most of
+    the excess gone."""
     import jax.numpy as jnp
     from jax.tree_util import Partial
 
@@ -86,19 +88,25 @@ def test_alma_polish_shortens_a_long_adversarial_toward_the_exact_minimum(linear
     model, params = linear
     ok = np.flatnonzero(train.predict(model.apply, params, MNIST.test.images) == MNIST.test.labels)[:8]
     x, y = MNIST.test.images[ok], MNIST.test.labels[ok]
+    t = ((y + 1 + np.arange(len(y)) % 9) % 10).astype(np.int32)
     fn = Partial(model.apply, params)
-    res = attacks.lbfgs_attack_untargeted(fn, x, y)
+    res = attacks.lbfgs_attack(fn, x, t) if targeted else attacks.lbfgs_attack_untargeted(fn, x, y)
     start = np.clip(x + 1.5 * (np.asarray(res.adversarial) - x), 0, 1)
-    keep = np.asarray(train.predict(model.apply, params, start)) != y
-    x, y, start = x[keep], y[keep], start[keep]
+    pred = np.asarray(train.predict(model.apply, params, start))
+    keep = pred == t if targeted else pred != y
+    x, y, t, start = x[keep], y[keep], t[keep], start[keep]
     assert len(x) >= 4
-    adv, l2 = alma_polish(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(start), steps=100, lr_init=0.01)
+    goal = t if targeted else y
+    adv, l2 = alma_polish(fn, jnp.asarray(x), jnp.asarray(goal, jnp.int32), jnp.asarray(start), steps=100,
+                          lr_init=0.01, targeted=targeted)
     adv, l2 = np.asarray(adv), np.asarray(l2)
     W = np.asarray(params["params"]["dense_0"]["kernel"], np.float64)
     b = np.asarray(params["params"]["dense_0"]["bias"], np.float64)
-    minimum = np.array([min(exact.linear_min_l2(W, b, x[i], j) for j in range(10) if j != y[i]) for i in range(len(x))])
+    classes = [[t[i]] if targeted else [j for j in range(10) if j != y[i]] for i in range(len(x))]
+    minimum = np.array([min(exact.linear_min_l2(W, b, x[i], j) for j in classes[i]) for i in range(len(x))])
     start_l2 = np.linalg.norm((start - x).reshape(len(x), -1), axis=1)
-    assert (np.asarray(train.predict(model.apply, params, adv)) != y).all()
+    pred = np.asarray(train.predict(model.apply, params, adv))
+    assert (pred == t).all() if targeted else (pred != y).all()
     np.testing.assert_allclose(l2, np.linalg.norm((adv - x).reshape(len(x), -1), axis=1), rtol=1e-5)
     assert (l2 <= start_l2 + 1e-6).all() and (l2 >= minimum * (1 - 1e-3)).all()
     assert ((l2 - minimum) / (start_l2 - minimum)).mean() < 0.2, (l2 / minimum, start_l2 / minimum)
