@@ -7,7 +7,8 @@ defended models, side by side in one run.
 For each model of ``benchmarks.matrix`` (four undefended, four defended: adversarially trained MLPs and a
 max-pooling ConvNet, an IBP-trained MLP) and its first ``--images`` correctly classified test images
 (seeded random wrong targets for the targeted runs), the attacks: ours (``lbfgs_attack_untargeted`` /
-``lbfgs_attack``, defaults, and with a longer boundary walk), foolbox 3's DDN (its defaults: 100 steps) and C&W L2 (9 binary-search steps ×
+``lbfgs_attack``, defaults, and with a longer boundary walk; ``--ours`` adds the studies' configurations,
+``OURS``: other walks and searches, and our result polished by ALMA's steps), foolbox 3's DDN (its defaults: 100 steps) and C&W L2 (9 binary-search steps ×
 100), adv-lib's ALMA, DDN and FMN (L2, 1,000 steps each; DDN unquantised) and FAB (L2, 100 iterations), the
 adv-lib attacks on a torch copy of the model checked equal to it. Per attack: success, AttackBench's
 optimality (Cinà et al. 2024, "AttackBench: evaluating gradient-based attacks for adversarial examples":
@@ -48,7 +49,8 @@ OURS = {"ours (defaults)": {}, "ours, walk 100 steps": {"walk_steps": 100},
         **{f"ours{'' if search is None else ', ' + search}, then {steps} of ALMA's steps (lr {lr:g})":
            {"polish": (steps, lr), **({} if search is None else {"search": search})}
            for search, steps, lr in ((None, 100, 0.01), (None, 100, 0.03), (None, 300, 0.03), (None, 300, 0.1),
-                                     (None, 600, 0.03), ("one+1", 300, 0.03), ("one", 300, 0.03))}}
+                                     (None, 600, 0.03), ("one+1", 300, 0.03), ("one", 300, 0.03))},
+        "ours, no walk, then 600 of ALMA's steps (lr 0.03)": {"walk_steps": 0, "polish": (600, 0.03)}}
 PEERS = ("foolbox DDN (100 steps)", "foolbox C&W (9 × 100 steps)", "adv-lib ALMA (1,000 steps)", "adv-lib DDN (1,000 steps)",
          "adv-lib FMN (1,000 steps)", "adv-lib FAB (100 iterations)")
 
