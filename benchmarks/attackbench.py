@@ -123,7 +123,7 @@ def one_then_nearest(fn, x, y, cfg):
     """The untargeted attack with one solve per image (``search="one"``), then the targeted attack toward
     the nearest class by the linearised estimate at the clean image (DeepFool's, as ``search="one+1"``
     uses) only on the images whose solve failed or reached another class; per image the shorter success.
-    The redone images go through padded to the next power of two (at least 8), so a call compiles for
+    The redone images go through padded to the next power of two (at least 8; ``storage.pad_rows``), so a call compiles for
     few sizes; ``grad_evals`` counts the solve, the estimate's K gradients and the redo's rows (not the
     padding's).
 
@@ -134,7 +134,7 @@ def one_then_nearest(fn, x, y, cfg):
     import jax.numpy as jnp
     import numpy as np
 
-    from intriguing_jax import attacks
+    from intriguing_jax import attacks, storage
     one = attacks.lbfgs_attack_untargeted(fn, x, y, config=cfg, search="one")
     estimate = attacks._boundary_estimates(fn, jnp.asarray(x), jnp.asarray(y, jnp.int32))
     k = estimate.shape[1]
@@ -144,7 +144,7 @@ def one_then_nearest(fn, x, y, cfg):
     redo = np.flatnonzero(~np.asarray(one.success) | (np.asarray(one.prediction) != nearest))
     if len(redo):
         size = min(max(8, 1 << (len(redo) - 1).bit_length()), max(len(x), 8))
-        rows = np.concatenate([redo, np.full(size - len(redo), redo[0])])
+        rows = storage.pad_rows(redo, size)
         res = attacks.lbfgs_attack(fn, jnp.asarray(x)[rows], jnp.asarray(nearest[rows]), config=cfg)
         ok = np.asarray(res.success)[: len(redo)] & (np.asarray(res.l2)[: len(redo)] < l2[redo])
         adv[redo[ok]] = np.asarray(res.adversarial)[: len(redo)][ok]

@@ -14,6 +14,7 @@ the shortest adversarial point seen — a candidate for the library's refinement
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,15 +48,27 @@ def _norm(r):
     return jnp.sqrt(jnp.sum(r.reshape(r.shape[0], -1) ** 2, 1))
 
 
-def _start(logits_fn, x, labels, start, targeted):
-    """The polish's state before its first step: (δ, RMSProp's mean square, momentum, μ, best, best ‖r‖)."""
+class PolishState(NamedTuple):
+    """Per-row state of ``alma_polish``."""
+
+    delta: jax.Array  # [N, ...] the current perturbation
+    square_avg: jax.Array  # [N, ...] RMSProp's running mean of the squared gradient
+    momentum: jax.Array  # [N, ...]
+    mu: jax.Array  # [N] the penalty's multiplier
+    best: jax.Array  # [N, ...] the shortest adversarial example seen
+    best_l2: jax.Array  # [N] its ‖r‖₂ (inf: none yet)
+
+
+def _start(logits_fn, x, labels, start, targeted) -> PolishState:
+    """The polish's state before its first step."""
     prediction = jnp.argmax(logits_fn(start), 1)
     ok = prediction == labels if targeted else prediction != labels
-    return (start - x, jnp.ones_like(x), jnp.zeros_like(x), jnp.ones((x.shape[0],), x.dtype), start,
-            jnp.where(ok, _norm(start - x), jnp.inf))
+    return PolishState(start - x, jnp.ones_like(x), jnp.zeros_like(x), jnp.ones((x.shape[0],), x.dtype), start,
+                       jnp.where(ok, _norm(start - x), jnp.inf))
 
 
-def _step(logits_fn, x, labels, i, state, *, steps, lr_init, lr_reduction, alpha, tolerance, targeted):
+def _step(logits_fn, x, labels, i, state: PolishState, *, steps, lr_init, lr_reduction, alpha, tolerance,
+          targeted) -> PolishState:
     """Step ``i`` of ``alma_polish``: one value-and-gradient."""
     delta, sq, mom, mu, best, best_l2 = state
 
@@ -75,14 +88,14 @@ def _step(logits_fn, x, labels, i, state, *, steps, lr_init, lr_reduction, alpha
     sq = alpha * sq + (1 - alpha) * g ** 2
     mom = alpha * mom + g / (jnp.sqrt(sq) + 1e-8)
     delta = jnp.clip(x + delta - lr * mom, 0.0, 1.0) - x
-    return delta, sq, mom, mu, best, best_l2
+    return PolishState(delta, sq, mom, mu, best, best_l2)
 
 
 @functools.partial(jax.jit, static_argnames=_HYPER)
 def _loop(logits_fn, x, labels, start, **hyper):
     state = jax.lax.fori_loop(0, hyper["steps"], lambda i, st: _step(logits_fn, x, labels, i, st, **hyper),
                               _start(logits_fn, x, labels, start, hyper["targeted"]))
-    return state[-2], state[-1]
+    return state.best, state.best_l2
 
 
 _jit_start = jax.jit(_start, static_argnames="targeted")
@@ -119,7 +132,7 @@ def alma_polish(logits_fn, x, labels, start, *, steps: int, lr_init: float, lr_r
     state = _jit_start(logits_fn, x, labels, start, targeted)
     for i in range(steps):
         state = _jit_step(logits_fn, x, labels, jnp.asarray(i, jnp.float32), state, **hyper)
-    return state[-2], state[-1]
+    return state.best, state.best_l2
 
 
 def main(argv=None):
@@ -149,8 +162,7 @@ def main(argv=None):
     mnist = data.load_mnist()
     rows = []
     for name in args.models:
-        model, params, _ = matrix.trained(name, mnist, args.workdir)
-        x, _ = matrix.attack_images(model, params, mnist, args.images)
+        model, params, x, _ = matrix.problem(name, mnist, args.workdir, args.images)
         y = np.asarray(train.predict(model.apply, params, x))
         fn = Partial(jax.jit(model.apply), params)
         start = attacks.lbfgs_attack_untargeted(fn, x, y).adversarial
